@@ -1,0 +1,140 @@
+"""The one typed settings class of the platform.
+
+Every knob is an environment variable with the ``KPI_`` prefix (``MLFLOW_TRACKING_URI`` and the AWS
+variables keep their usual names). Importing this module has no side effects: nothing is created,
+nothing is connected; call :func:`get_settings` where a value is needed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret", "minioadmin", "admin"}
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; the only difference between a laptop and a cluster."""
+
+    model_config = SettingsConfigDict(env_prefix="KPI_", extra="ignore", populate_by_name=True)
+
+    env: Literal["dev", "test", "prod"] = Field("dev", description="Deployment environment.")
+    home: Path = Field(Path(".kpi"), description="Local state of the embedded mode (Postgres, MLflow, storage).")
+
+    # --- stores --------------------------------------------------------------------------------------
+    database_url: str | None = Field(
+        None, description="Warehouse URL (postgresql://...). Unset: demo and tests start an embedded Postgres."
+    )
+    storage_url: str | None = Field(
+        None, description="Object storage root: file:///path or s3://bucket/prefix. Unset: <home>/storage."
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, SeaweedFS); unset for AWS.")
+    aws_access_key_id: str | None = Field(None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: str | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "KPI_MLFLOW_TRACKING_URI"),
+        description="MLflow tracking server or store. Unset: sqlite store under <home>.",
+    )
+    sql_dir: Path | None = Field(None, description="Folder of the bootstrap DDL; unset: the repository's sql/.")
+
+    # --- crypto --------------------------------------------------------------------------------------
+    crypto_window_days: int = Field(5, ge=1, le=60, description="Days in the rolling window [D-(n-1), D].")
+    crypto_reject_threshold: float = Field(
+        0.05, ge=0.0, le=1.0, description="Largest share of rejected rows in a window that still publishes."
+    )
+    crypto_allowed_sites: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ARGENTINA", "BRASIL", "MEXICO", "CHILE", "COLOMBIA", "URUGUAY"],
+        description="Sites accepted by validation.",
+    )
+    crypto_allowed_cryptos: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTC", "ETH", "USDT", "USDC", "SOL", "ADA", "XRP", "DOGE"],
+        description="Crypto codes accepted by validation.",
+    )
+
+    # --- churn ---------------------------------------------------------------------------------------
+    spark_backend: Literal["local", "kubernetes"] = Field(
+        "local", description="local: spark-submit with a local master; kubernetes: a SparkApplication."
+    )
+    spark_master: str = Field("local[2]", description="Master URL for the local backend.")
+    spark_namespace: str = Field("kpi", description="Namespace of SparkApplications (kubernetes backend).")
+    spark_image: str = Field("kpi-spark:local", description="Image of the Spark driver and executors.")
+    churn_model_name: str = Field("churn-model", description="Registered model name.")
+    churn_champion_alias: str = Field("champion", description="Alias of the serving model version.")
+    churn_promotion_margin: float = Field(
+        0.005, ge=0.0, description="AUC a candidate must gain over the champion to be promoted."
+    )
+    churn_search_trials: int = Field(12, ge=1, description="Hyper-parameter search trials per training run.")
+    churn_seed: int = Field(42, description="Seed of splits and the hyper-parameter search.")
+    churn_drift_threshold: float = Field(
+        0.3, ge=0.0, le=1.0, description="Share of drifted features that triggers retraining."
+    )
+    churn_data_url: str | None = Field(None, description="Where the five churn source CSVs live.")
+
+    @field_validator("crypto_allowed_sites", "crypto_allowed_cryptos", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                import json
+
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_outside_dev(self) -> "Settings":
+        if self.env == "prod":
+            secret = self.aws_secret_access_key
+            if secret is not None and secret.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError("AWS_SECRET_ACCESS_KEY is a placeholder; set a real secret in prod")
+            if self.database_url is None:
+                raise ValueError("KPI_DATABASE_URL is required when KPI_ENV=prod")
+        return self
+
+    # --- derived values (pure; nothing is created here) ------------------------------------------------
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return (self.storage_url or (self.home_dir / "storage").as_uri()).rstrip("/")
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def resolved_sql_dir(self) -> Path:
+        if self.sql_dir is not None:
+            return self.sql_dir
+        return Path(__file__).resolve().parents[2] / "sql"
+
+    def storage_options(self, url: str | None = None) -> dict:
+        """fsspec options for ``url`` (default: the storage root): S3 endpoint and keys when set."""
+        if not (url or self.resolved_storage_url).startswith("s3://"):
+            return {}
+        opts: dict = {}
+        if self.s3_endpoint_url:
+            opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint_url}
+        if self.aws_access_key_id:
+            opts["key"] = self.aws_access_key_id
+            opts["secret"] = self.aws_secret_access_key
+        return opts
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Forget cached settings (tests and the demo change the environment)."""
+    get_settings.cache_clear()
+    return get_settings()
