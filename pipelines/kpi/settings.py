@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     )
     churn_data_url: str | None = Field(None, description="Where the five churn source CSVs live.")
 
+    # --- dashboard -----------------------------------------------------------------------------------
+    dashboard_champion_ttl_seconds: int = Field(
+        30, ge=1, description="How long the dashboard trusts its last read of the champion alias."
+    )
+    dashboard_connect_timeout_seconds: float = Field(
+        3.0, gt=0, description="Time the dashboard waits for a store before saying it is unreachable."
+    )
+
     @field_validator("crypto_allowed_sites", "crypto_allowed_cryptos", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
