@@ -74,6 +74,27 @@ class Settings(BaseSettings):
         0.3, ge=0.0, le=1.0, description="Share of drifted features that triggers retraining."
     )
     churn_data_url: str | None = Field(None, description="Where the five churn source CSVs live.")
+    # --- churn operations (drift, watchdog, Spark submission) ----------------------------------------------
+    churn_drift_engine: Literal["auto", "pandas", "spark"] = Field(
+        "auto", description="How drift builds current features: auto (pandas for small sources), pandas, spark."
+    )
+    spark_service_account: str = Field("kpi-spark", description="Service account of the Spark driver.")
+    spark_main_application_file: str = Field(
+        "local:///opt/kpi/pipelines/kpi/churn/job.py", description="The training job inside the Spark image."
+    )
+    spark_version: str | None = Field(None, description="sparkVersion of the SparkApplication; unset: pyspark's.")
+    spark_driver_memory: str = Field("1g", description="Driver memory (kubernetes backend).")
+    spark_executor_memory: str = Field("1g", description="Executor memory (kubernetes backend).")
+    spark_executor_instances: int = Field(1, ge=1, description="Executors (kubernetes backend).")
+    spark_s3_secret: str = Field(
+        "kpi-s3-credentials", description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for Spark pods."
+    )
+    spark_database_secret: str = Field(
+        "kpi-database", description="Secret whose key `url` is KPI_DATABASE_URL for Spark pods."
+    )
+    spark_kubernetes_conn_id: str = Field(
+        "kubernetes_default", description="Airflow connection of SparkKubernetesOperator (in-cluster by default)."
+    )
 
     # --- dashboard -----------------------------------------------------------------------------------
     dashboard_champion_ttl_seconds: int = Field(
