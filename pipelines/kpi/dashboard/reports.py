@@ -1,0 +1,401 @@
+"""Read-only views on the platform's stores for the dashboard and the notebooks.
+
+Every function takes the :class:`~kpi.settings.Settings` to read from and returns plain pandas / dict
+values. A store that is missing or unreachable raises :class:`StoreUnavailable` whose message names the
+store and says how to fix it; callers show that message instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kpi.settings import Settings
+
+DRIFT_REPORTS_DIR = "drift-reports"
+
+
+class StoreUnavailable(RuntimeError):
+    """A store (warehouse, MLflow, object storage) is missing, unreachable or not initialised."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Warehouse
+# --------------------------------------------------------------------------------------------------------
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, safe to show on a page."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}"
+
+
+def query_frame(settings: Settings, sql: str, params: tuple | dict | None = None) -> pd.DataFrame:
+    """Run one read-only query on the warehouse and return its rows as a DataFrame.
+
+    Args:
+        settings: where the warehouse is (``KPI_DATABASE_URL``).
+        sql: the statement; parameters use psycopg's ``%s`` / ``%(name)s`` placeholders.
+        params: the parameters.
+
+    Raises:
+        StoreUnavailable: the URL is unset, the server does not answer, or a table is missing.
+    """
+    import psycopg
+
+    from kpi.db import connect
+
+    url = settings.database_url
+    if not url:
+        raise StoreUnavailable(
+            "the warehouse is not configured (KPI_DATABASE_URL is unset): `task dashboard` starts the "
+            "demo's embedded Postgres, or point KPI_DATABASE_URL at a running Postgres"
+        )
+    try:
+        conn = connect(url, connect_timeout=max(1, int(settings.dashboard_connect_timeout_seconds)))
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise StoreUnavailable(
+            f"the warehouse at {_redact(url)} is unreachable ({reason}); start it (`task dashboard` "
+            "starts the demo's embedded Postgres) or fix KPI_DATABASE_URL"
+        ) from exc
+    try:
+        with conn:
+            # the dashboard only reads: a read-only transaction makes that a guarantee
+            conn.read_only = True
+            cur = conn.execute(sql, params)
+            columns = [d.name for d in cur.description]
+            return pd.DataFrame(cur.fetchall(), columns=columns)
+    except psycopg.errors.UndefinedTable as exc:
+        raise StoreUnavailable(
+            f"the warehouse at {_redact(url)} lacks a table ({str(exc).splitlines()[0]}); "
+            "run `kpi db init` (or `task demo`) to create it"
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"the warehouse at {_redact(url)} failed: {str(exc).strip()}") from exc
+
+
+# --------------------------------------------------------------------------------------------------------
+# MLflow
+# --------------------------------------------------------------------------------------------------------
+
+
+def check_mlflow(settings: Settings) -> str:
+    """Fail fast with a clear message when the tracking store is missing or does not answer.
+
+    A missing sqlite file is not created here (reading must not create stores); an HTTP server gets one
+    short health probe instead of MLflow's long retry loop.
+
+    Returns:
+        The tracking URI that answered.
+
+    Raises:
+        StoreUnavailable: the store does not exist or does not answer.
+    """
+    uri = settings.resolved_mlflow_uri
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.exists():
+            raise StoreUnavailable(
+                f"no MLflow store at {path} yet: run `task demo` (or `kpi churn train`) first, "
+                "or point MLFLOW_TRACKING_URI at your tracking server"
+            )
+    elif uri.startswith(("http://", "https://")):
+        timeout = settings.dashboard_connect_timeout_seconds
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise StoreUnavailable(
+                f"MLflow at {uri} is unreachable ({reason}); start the tracking server or fix "
+                "MLFLOW_TRACKING_URI"
+            ) from exc
+    return uri
+
+
+def mlflow_client(settings: Settings):
+    """An ``MlflowClient`` on the settings' tracking and registry store (checked first)."""
+    from mlflow import MlflowClient
+
+    uri = check_mlflow(settings)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _mlflow_call(what: str, settings: Settings, fn, *args, **kwargs):
+    """Call into MLflow, turning store failures into :class:`StoreUnavailable` naming ``what``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn(*args, **kwargs)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise StoreUnavailable(
+            f"MLflow at {settings.resolved_mlflow_uri} failed while reading {what}: {exc.message}"
+        ) from exc
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The version number behind the champion alias, or None when no version carries it yet.
+
+    This is the cheap lookup the dashboard repeats on a short TTL to pick up a new champion.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(settings)
+    try:
+        mv = _mlflow_call("the champion alias", settings, client.get_model_version_by_alias,
+                          settings.churn_model_name, settings.churn_champion_alias)
+    except MlflowException:
+        return None  # model or alias not registered yet
+    return str(mv.version)
+
+
+def model_versions(settings: Settings) -> pd.DataFrame:
+    """Every version of the churn model with its aliases, run metrics and promotion tags.
+
+    Columns: ``version, created_at, run_id, aliases, is_champion`` then one column per run metric
+    (``auc`` among them) and one ``tag.<name>`` column per version tag (the promotion decision and its
+    figures are version tags). Sorted by version number; empty when nothing is registered.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(settings)
+    name = settings.churn_model_name
+    try:
+        versions = _mlflow_call("model versions", settings, client.search_model_versions, f"name='{name}'")
+    except MlflowException:
+        versions = []
+    rows: list[dict[str, Any]] = []
+    for mv in versions:
+        row: dict[str, Any] = {
+            "version": int(mv.version),
+            "created_at": pd.to_datetime(mv.creation_timestamp, unit="ms", utc=True),
+            "run_id": mv.run_id,
+            "aliases": ", ".join(sorted(mv.aliases or [])),
+            "is_champion": settings.churn_champion_alias in (mv.aliases or []),
+        }
+        if mv.run_id:
+            try:
+                run = client.get_run(mv.run_id)
+                row.update({k: v for k, v in sorted(run.data.metrics.items())})
+            except MlflowException:
+                pass  # a version whose run was deleted still lists
+        row.update({f"tag.{k}": v for k, v in sorted((mv.tags or {}).items())})
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["version", "created_at", "run_id", "aliases", "is_champion"])
+    return pd.DataFrame(rows).sort_values("version").reset_index(drop=True)
+
+
+def run_artifact_bytes(settings: Settings, run_id: str, path: str) -> bytes | None:
+    """The bytes of artifact ``path`` logged on run ``run_id``, or None when the run has no such file."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(settings)
+    with tempfile.TemporaryDirectory(prefix="kpi-dash-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            if isinstance(exc, MlflowException) and "not found" not in str(exc).lower() and \
+                    getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                # any other failure is the store's, not a missing file
+                raise StoreUnavailable(f"MLflow could not serve {path} of run {run_id}: {exc}") from exc
+            return None
+        return Path(local).read_bytes()
+
+
+def global_shap(settings: Settings, run_id: str) -> dict[str, Any]:
+    """The global SHAP artifacts of a model run.
+
+    Returns:
+        ``{"summary_png": bytes | None, "mean_abs_shap": DataFrame[feature, mean_abs_shap]}`` sorted by
+        importance (empty frame when the run logged no table).
+    """
+    png = run_artifact_bytes(settings, run_id, "shap/summary.png")
+    raw = run_artifact_bytes(settings, run_id, "shap/mean_abs_shap.json")
+    return {"summary_png": png, "mean_abs_shap": mean_abs_shap_frame(json.loads(raw) if raw else None)}
+
+
+def mean_abs_shap_frame(payload: Any) -> pd.DataFrame:
+    """Normalise a ``mean_abs_shap.json`` payload (a mapping or a list of records) to a sorted frame."""
+    if not payload:
+        return pd.DataFrame(columns=["feature", "mean_abs_shap"])
+    if isinstance(payload, dict) and "features" in payload and isinstance(payload["features"], (list, dict)):
+        payload = payload["features"]
+    if isinstance(payload, dict):
+        frame = pd.DataFrame({"feature": list(payload), "mean_abs_shap": [float(v) for v in payload.values()]})
+    else:
+        frame = pd.DataFrame(payload)
+        value_col = next(c for c in frame.columns if c != "feature")
+        frame = frame.rename(columns={value_col: "mean_abs_shap"})[["feature", "mean_abs_shap"]]
+    return frame.sort_values("mean_abs_shap", ascending=False).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Object storage: drift reports
+# --------------------------------------------------------------------------------------------------------
+
+
+def _storage_fs(settings: Settings, url: str):
+    """fsspec filesystem for ``url`` that gives up quickly when an S3 endpoint does not answer."""
+    import fsspec
+
+    options = dict(settings.storage_options(url))
+    if url.startswith("s3://"):
+        # botocore's defaults retry a dead endpoint for minutes; a page must answer in seconds
+        timeout = settings.dashboard_connect_timeout_seconds
+        options["config_kwargs"] = {"connect_timeout": timeout, "read_timeout": 30,
+                                    "retries": {"max_attempts": 1}}
+    return fsspec.core.url_to_fs(url, **options)
+
+
+def drift_report_urls(settings: Settings) -> dict[str, dict[str, str]]:
+    """Drift reports under ``<storage>/drift-reports/``: ``{as_of: {"html": url, "json": url}}``, sorted."""
+    base = f"{settings.resolved_storage_url}/{DRIFT_REPORTS_DIR}"
+    try:
+        fs, path = _storage_fs(settings, base)
+        entries = fs.ls(path, detail=False) if fs.exists(path) else []
+    except Exception as exc:  # fsspec backends raise their own error types
+        raise StoreUnavailable(f"object storage at {settings.resolved_storage_url} is unreachable: {exc}") from exc
+    scheme = base.split("://", 1)[0]
+    reports: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+        stem, _, ext = name.rpartition(".")
+        if ext in ("html", "json") and stem:
+            full = str(entry)
+            reports.setdefault(stem, {})[ext] = full if "://" in full else f"{scheme}://{full}"
+    return dict(sorted(reports.items()))
+
+
+def read_storage_bytes(settings: Settings, url: str) -> bytes:
+    """Bytes of one object; :class:`StoreUnavailable` when storage does not answer."""
+    try:
+        fs, path = _storage_fs(settings, url)
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise StoreUnavailable(f"object storage could not serve {url}: {exc}") from exc
+
+
+def drift_history(settings: Settings) -> pd.DataFrame:
+    """Drift share over time from the JSON summaries next to the HTML reports.
+
+    Columns: ``as_of, drift_share, drift_detected, drifted_features, report_url``; one row per report.
+    """
+    rows = []
+    for as_of, files in drift_report_urls(settings).items():
+        if "json" not in files:
+            continue
+        try:
+            payload = json.loads(read_storage_bytes(settings, files["json"]))
+        except (ValueError, FileNotFoundError):
+            continue  # a half-written or foreign JSON file does not break the chart
+        summary = drift_summary(payload)
+        rows.append({"as_of": as_of, **summary, "report_url": files.get("html")})
+    frame = pd.DataFrame(rows, columns=["as_of", "drift_share", "drift_detected", "drifted_features",
+                                        "report_url"])
+    frame["as_of"] = pd.to_datetime(frame["as_of"], errors="coerce")
+    return frame.sort_values("as_of").reset_index(drop=True)
+
+
+def drift_summary(payload: dict) -> dict[str, Any]:
+    """``drift_share``, ``drift_detected`` and ``drifted_features`` from a drift JSON summary."""
+    share = payload.get("drift_share")
+    detected = payload.get("drift_detected")
+    drifted = payload.get("n_drifted_columns")
+    if drifted is None and isinstance(payload.get("drifted_columns"), (list, tuple)):
+        drifted = len(payload["drifted_columns"])
+    return {
+        "drift_share": float(share) if share is not None else None,
+        "drift_detected": bool(detected) if detected is not None else None,
+        "drifted_features": drifted,
+    }
+
+
+def latest_drift_report(settings: Settings) -> tuple[str, str] | None:
+    """``(as_of, html)`` of the newest Evidently HTML report, or None when none was written yet."""
+    reports = {k: v for k, v in drift_report_urls(settings).items() if "html" in v}
+    if not reports:
+        return None
+    as_of = max(reports)
+    return as_of, read_storage_bytes(settings, reports[as_of]["html"]).decode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Crypto data quality (dqm schema)
+# --------------------------------------------------------------------------------------------------------
+
+DQ_RUN_COLUMNS = (
+    "run_id, logical_date, window_start, window_end, status, gate, raw_rows, valid, quarantined, "
+    "superseded, inserted, updated, deactivated, reject_share, reject_threshold, ge_success, "
+    "started_at, finished_at, error"
+)
+
+
+def crypto_dq_runs(settings: Settings, limit: int = 30) -> pd.DataFrame:
+    """The last ``limit`` validation runs of the crypto pipeline, newest first, with their gate result."""
+    return query_frame(
+        settings,
+        f"SELECT {DQ_RUN_COLUMNS} FROM dqm.dq_runs WHERE pipeline = 'crypto_events' "
+        "ORDER BY started_at DESC, run_id DESC LIMIT %s",
+        (limit,),
+    )
+
+
+def crypto_gate_results(settings: Settings) -> pd.DataFrame:
+    """The latest run per logical date: reject share against the threshold and whether the gate passed."""
+    return query_frame(
+        settings,
+        "SELECT DISTINCT ON (logical_date) logical_date, run_id, status, gate, reject_share, reject_threshold "
+        "FROM dqm.dq_runs WHERE pipeline = 'crypto_events' "
+        "ORDER BY logical_date, started_at DESC, run_id DESC",
+    )
+
+
+def crypto_rejects_per_reason_day(settings: Settings, days: int | None = None) -> pd.DataFrame:
+    """Rejected raw rows per reason per logical date of the run that rejected them.
+
+    Args:
+        settings: where the warehouse is.
+        days: only the last ``days`` logical dates present (all when None).
+
+    Returns:
+        Columns ``day, reason, rejects`` sorted by day then reason.
+    """
+    sql = ("SELECT logical_date AS day, reason, count(*)::bigint AS rejects "
+           "FROM dqm.bt_crypto_events_rejects {where} GROUP BY 1, 2 ORDER BY 1, 2")
+    if days is None:
+        return query_frame(settings, sql.format(where=""))
+    return query_frame(
+        settings,
+        sql.format(where="WHERE logical_date > (SELECT max(logical_date) FROM dqm.bt_crypto_events_rejects) - %s"),
+        (days,),
+    )
+
+
+def crypto_reject_examples(settings: Settings, reason: str | None = None, limit: int = 50) -> pd.DataFrame:
+    """Some rejected rows as received (optionally of one reason), newest first, for a closer look."""
+    where, params = ("WHERE reason = %s", (reason, limit)) if reason else ("", (limit,))
+    return query_frame(
+        settings,
+        "SELECT logical_date, reason, reasons, source, line_no, site_id, user_id, purchase_date, crypto_type, "
+        f"purchase_price, purchase_units, raw_line FROM dqm.bt_crypto_events_rejects {where} "
+        "ORDER BY logical_date DESC, raw_id DESC LIMIT %s",
+        params,
+    )

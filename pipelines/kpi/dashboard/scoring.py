@@ -1,0 +1,344 @@
+"""Interactive scoring with the champion: form fields from the model's input schema, input checks that
+name the offending field, and batch scoring that sets bad rows aside with their reason.
+
+The model is the JVM-free ``ChurnModel`` (``feature_names``, ``predict_proba(df)``, ``input_schema()``);
+the functions here only prepare its input and never change how it scores.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ID = "CUS_CUST_ID_BUY"
+PROBABILITY = "p_active_60d"
+INT_TYPES = {"int", "integer", "long", "int32", "int64", "bigint"}
+FLOAT_TYPES = {"float", "double", "number", "numeric", "float32", "float64", "decimal"}
+CATEGORY_TYPES = {"category", "categorical", "string", "str", "object"}
+
+
+class InvalidInput(ValueError):
+    """Input that cannot be scored; ``problems`` holds one human-readable message per field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One input of the scoring form, derived from the champion's input schema."""
+
+    name: str
+    kind: str  # "int" | "float" | "category"
+    minimum: float | None = None
+    maximum: float | None = None
+    categories: tuple[str, ...] = field(default_factory=tuple)
+    default: Any = None
+
+    @property
+    def range_text(self) -> str:
+        """The accepted values, for help texts and messages."""
+        if self.kind == "category":
+            return "one of " + ", ".join(self.categories) if self.categories else "any text"
+        if self.minimum is None and self.maximum is None:
+            return "any number"
+        return f"between {_fmt(self.minimum, '-inf')} and {_fmt(self.maximum, '+inf')}"
+
+
+def _fmt(value: float | None, missing: str) -> str:
+    if value is None:
+        return missing
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _kind(spec: Mapping[str, Any]) -> str:
+    declared = str(spec.get("type", "")).lower()
+    if spec.get("categories") is not None or declared in CATEGORY_TYPES:
+        return "category"
+    if declared in INT_TYPES:
+        return "int"
+    if declared in FLOAT_TYPES or not declared:
+        return "float"
+    raise ValueError(f"unsupported input type {declared!r} in the model's input schema")
+
+
+def form_fields(schema: Mapping[str, Mapping[str, Any]]) -> list[FormField]:
+    """Form fields in schema order from ``ChurnModel.input_schema()``.
+
+    Args:
+        schema: feature name -> ``{type, min, max, categories}`` (optionally ``default``/``median``).
+
+    Returns:
+        One :class:`FormField` per feature; the default is the schema's default or median when given,
+        else the middle of the training range (the first category for categorical fields).
+    """
+    fields = []
+    for name, spec in schema.items():
+        kind = _kind(spec)
+        if kind == "category":
+            cats = tuple(str(c) for c in (spec.get("categories") or []))
+            default = spec.get("default", cats[0] if cats else "")
+            fields.append(FormField(name, kind, categories=cats, default=default))
+            continue
+        lo = spec.get("min")
+        hi = spec.get("max")
+        lo = None if lo is None or _nan(lo) else float(lo)
+        hi = None if hi is None or _nan(hi) else float(hi)
+        default = spec.get("default", spec.get("median"))
+        if default is None or _nan(default):
+            default = (lo + hi) / 2 if lo is not None and hi is not None else (lo or hi or 0.0)
+        if kind == "int":
+            lo = None if lo is None else math.floor(lo)
+            hi = None if hi is None else math.ceil(hi)
+            default = round(float(default))
+        else:
+            default = float(default)
+        fields.append(FormField(name, kind, lo, hi, default=default))
+    return fields
+
+
+def _nan(value: Any) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_value(spec: FormField, value: Any) -> tuple[Any, str | None]:
+    """Parse one value for ``spec``; return ``(parsed, problem)`` where problem names the field."""
+    if spec.kind == "category":
+        if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+            return None, None  # unknown category: the model encodes null as "unknown"
+        text = str(value).strip()
+        if spec.categories and text not in spec.categories:
+            return None, f"{spec.name}: {text!r} is not a known value ({spec.range_text})"
+        return text, None
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None, f"{spec.name}: a value is required ({spec.range_text})"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None, f"{spec.name}: {value!r} is not a number"
+    if not math.isfinite(number):
+        return None, f"{spec.name}: {value!r} is not a finite number"
+    if spec.kind == "int" and number != int(number):
+        return None, f"{spec.name}: {value!r} is not a whole number"
+    if spec.minimum is not None and number < spec.minimum:
+        return None, f"{spec.name}: {value!r} is below the training range ({spec.range_text})"
+    if spec.maximum is not None and number > spec.maximum:
+        return None, f"{spec.name}: {value!r} is above the training range ({spec.range_text})"
+    return (int(number) if spec.kind == "int" else number), None
+
+
+def form_frame(fields: list[FormField], values: Mapping[str, Any]) -> pd.DataFrame:
+    """One-row model input from form values, checked field by field.
+
+    Raises:
+        InvalidInput: with one message per bad field (each starts with the field's name).
+    """
+    row: dict[str, Any] = {}
+    problems = []
+    for spec in fields:
+        if spec.name not in values:
+            problems.append(f"{spec.name}: missing")
+            continue
+        parsed, problem = check_value(spec, values[spec.name])
+        if problem:
+            problems.append(problem)
+        row[spec.name] = parsed
+    if problems:
+        raise InvalidInput(problems)
+    return _typed_frame(fields, [row])
+
+
+def _typed_frame(fields: list[FormField], rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=[f.name for f in fields])
+    for spec in fields:
+        if spec.kind == "category":
+            frame[spec.name] = frame[spec.name].astype(object)
+        else:
+            frame[spec.name] = frame[spec.name].astype("float64")
+    return frame
+
+
+def score_one(model, row: pd.DataFrame) -> float:
+    """Probability of at least one payment in the next 60 days for a one-row input."""
+    return float(np.asarray(model.predict_proba(row)).reshape(-1)[0])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Batch scoring
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    """Outcome of a batch: scored rows, rows set aside with their reason, and file-level problems."""
+
+    scored: pd.DataFrame
+    rejected: pd.DataFrame
+    shape: str  # "features" | "sources"
+    problems: list[str] = field(default_factory=list)
+
+
+def _source_files() -> dict[str, str]:
+    from kpi.churn.sources import SOURCE_FILES
+
+    return SOURCE_FILES
+
+
+def upload_shape(files: Mapping[str, bytes]) -> str:
+    """``"sources"`` when the uploads are the churn source CSVs (by file name), else ``"features"``.
+
+    Raises:
+        InvalidInput: several files that are not the source files, or source files missing.
+    """
+    expected = {v.upper(): v for v in _source_files().values()}
+    names = {Path(n).name.upper() for n in files}
+    if names & set(expected):
+        missing = sorted(expected[n] for n in set(expected) - names)
+        extra = sorted(n for n in names - set(expected))
+        problems = []
+        if missing:
+            problems.append("source-shaped upload is missing " + ", ".join(missing))
+        if extra:
+            problems.append("unexpected files beside the sources: " + ", ".join(extra))
+        if problems:
+            raise InvalidInput(problems)
+        return "sources"
+    if len(files) != 1:
+        raise InvalidInput([
+            "upload either one feature-shaped CSV or the five source CSVs ("
+            + ", ".join(_source_files().values()) + f"); got {len(files)} other files"
+        ])
+    return "features"
+
+
+def features_from_sources(files: Mapping[str, bytes], cutoff: date) -> pd.DataFrame:
+    """Feature rows built from uploaded source CSVs with the pipeline's own pandas feature code."""
+    from kpi.churn.features import build_features_pandas, read_sources_pandas
+
+    expected = {v.upper(): v for v in _source_files().values()}
+    with tempfile.TemporaryDirectory(prefix="kpi-upload-") as tmp:
+        for name, data in files.items():
+            (Path(tmp) / expected[Path(name).name.upper()]).write_bytes(data)
+        sources = read_sources_pandas(tmp)
+        return build_features_pandas(sources, cutoff)
+
+
+def split_feature_rows(fields: list[FormField], frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Separate rows the model can score from rows it cannot, with the reason for each.
+
+    A row is set aside when its user id is blank or a numeric feature is text that is not a finite
+    number. Blank numerics are kept (the model imputes the training median, as in the pipeline) and so
+    are values outside the training range (the form is stricter because a person typed them).
+
+    Returns:
+        ``(valid, rejected)``: ``valid`` has ``ID`` + the feature columns typed for the model;
+        ``rejected`` has ``row`` (1-based line of the data), ``ID`` and ``reason``.
+
+    Raises:
+        InvalidInput: a feature column or the id column is missing from the file.
+    """
+    missing = [c for c in [ID, *(f.name for f in fields)] if c not in frame.columns]
+    if missing:
+        raise InvalidInput(["the CSV lacks column(s) " + ", ".join(missing)
+                            + "; expected the feature shape (" + ", ".join([ID] + [f.name for f in fields])
+                            + ") or the five source files"])
+    good_rows: list[dict[str, Any]] = []
+    good_ids: list[Any] = []
+    rejected = []
+    for i, rec in enumerate(frame.to_dict("records"), start=1):
+        reasons = []
+        uid = rec.get(ID)
+        if uid is None or (isinstance(uid, float) and math.isnan(uid)) or str(uid).strip() == "":
+            reasons.append(f"{ID}: missing")
+        row = {}
+        for spec in fields:
+            value = rec.get(spec.name)
+            if spec.kind == "category":
+                parsed, problem = (None if _nan(value) or value is None else str(value).strip() or None), None
+            else:
+                if value is None or _nan(value) or (isinstance(value, str) and not value.strip()):
+                    parsed, problem = None, None
+                else:
+                    parsed, problem = check_value(FormField(spec.name, spec.kind), value)
+            if problem:
+                reasons.append(problem)
+            row[spec.name] = parsed
+        if reasons:
+            rejected.append({"row": i, ID: uid, "reason": "; ".join(reasons)})
+        else:
+            good_rows.append(row)
+            good_ids.append(uid)
+    valid = _typed_frame(fields, good_rows)
+    valid.insert(0, ID, good_ids)
+    return valid, pd.DataFrame(rejected, columns=["row", ID, "reason"])
+
+
+def score_rows(model, valid: pd.DataFrame, feature_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score checked rows; if the whole batch fails, score row by row so one bad row stops nothing."""
+    if valid.empty:
+        return pd.DataFrame(columns=[ID, PROBABILITY]), pd.DataFrame(columns=["row", ID, "reason"])
+    try:
+        probs = np.asarray(model.predict_proba(valid[feature_names])).reshape(-1)
+        return pd.DataFrame({ID: valid[ID].to_numpy(), PROBABILITY: probs}), \
+            pd.DataFrame(columns=["row", ID, "reason"])
+    except Exception:  # noqa: BLE001 - isolate the rows the model refuses, keep the others
+        scored, rejected = [], []
+        for i in range(len(valid)):
+            one = valid.iloc[[i]]
+            try:
+                scored.append({ID: one[ID].iloc[0], PROBABILITY: score_one(model, one[feature_names])})
+            except Exception as exc:  # noqa: BLE001
+                rejected.append({"row": None, ID: one[ID].iloc[0], "reason": f"model refused the row: {exc}"})
+        return pd.DataFrame(scored, columns=[ID, PROBABILITY]), pd.DataFrame(rejected, columns=["row", ID, "reason"])
+
+
+def score_upload(model, fields: list[FormField], files: Mapping[str, bytes], cutoff: date | None = None
+                 ) -> BatchResult:
+    """Score an upload: one feature-shaped CSV, or the five source CSVs (features built as of ``cutoff``).
+
+    Args:
+        model: the champion's ``ChurnModel``.
+        fields: form fields of the model's input schema (types of the feature columns).
+        files: file name -> bytes as uploaded.
+        cutoff: the "as of" date for source-shaped uploads (data strictly before it is used).
+
+    Returns:
+        A :class:`BatchResult`; file-level problems (wrong shape, missing columns) leave ``scored`` empty.
+    """
+    import io
+
+    empty = pd.DataFrame(columns=[ID, PROBABILITY])
+    no_rejects = pd.DataFrame(columns=["row", ID, "reason"])
+    try:
+        shape = upload_shape(files)
+    except InvalidInput as exc:
+        return BatchResult(empty, no_rejects, "unknown", exc.problems)
+    try:
+        if shape == "sources":
+            if cutoff is None:
+                raise InvalidInput(["source-shaped uploads need an as-of date"])
+            frame = features_from_sources(files, cutoff)
+        else:
+            (data,) = files.values()
+            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""])
+        valid, rejected = split_feature_rows(fields, frame)
+    except InvalidInput as exc:
+        return BatchResult(empty, no_rejects, shape, exc.problems)
+    except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        return BatchResult(empty, no_rejects, shape, [f"could not read the {shape} upload: {exc}"])
+    names = [f.name for f in fields]
+    scored, refused = score_rows(model, valid, names)
+    rejected = pd.concat([rejected, refused], ignore_index=True) if len(refused) else rejected
+    return BatchResult(scored, rejected, shape)
