@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         0.005, ge=0.0, description="AUC a candidate must gain over the champion to be promoted."
     )
     churn_search_trials: int = Field(12, ge=1, description="Hyper-parameter search trials per training run.")
+    churn_min_auc: float = Field(0.6, ge=0.0, le=1.0, description="Guardrail: lowest holdout AUC a champion may have.")
+    churn_max_calibration_error: float = Field(
+        0.1, ge=0.0, le=1.0, description="Guardrail: largest expected calibration error (ECE) a champion may have."
+    )
     churn_seed: int = Field(42, description="Seed of splits and the hyper-parameter search.")
     churn_drift_threshold: float = Field(
         0.3, ge=0.0, le=1.0, description="Share of drifted features that triggers retraining."
