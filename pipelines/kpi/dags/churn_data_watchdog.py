@@ -1,0 +1,48 @@
+"""churn_data_watchdog: emit ``churn_sources`` only when a churn source file's content changed.
+
+Wiring only; the logic is ``kpi.churn.watchdog`` (fingerprints against ``watchdog/state.json`` in storage).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, task
+
+from kpi.dags.assets import CHURN_DEFAULT_ARGS, CHURN_SOURCES, CHURN_SOURCES_CHANGES, CHURN_START_DATE
+
+
+@dag(
+    dag_id="churn_data_watchdog",
+    description="Fingerprint the churn sources; emit churn_sources when one changed.",
+    schedule="*/15 * * * *",
+    start_date=CHURN_START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=CHURN_DEFAULT_ARGS,
+    tags=["churn", "watchdog", "assets"],
+    params={
+        "data_url": Param(None, type=["null", "string"], description="Sources to watch; default KPI_CHURN_DATA_URL."),
+        "as_of": Param(None, type=["null", "string"], description="as_of passed to training; default run date."),
+    },
+)
+def churn_data_watchdog():
+    @task(outlets=[CHURN_SOURCES_CHANGES])
+    def detect_source_changes(*, params=None, dag_run=None, outlet_events=None) -> dict:
+        from kpi.churn.watchdog import check_sources, commit
+        from kpi.settings import get_settings
+
+        settings = get_settings()
+        check = check_sources(settings, params.get("data_url"))
+        if check["changed"]:
+            as_of = params.get("as_of") or dag_run.run_after.date().isoformat()
+            outlet_events[CHURN_SOURCES_CHANGES].add(CHURN_SOURCES, extra={
+                "data_url": check["data_url"], "data_version": check["data_version"],
+                "changed_files": check["changed_files"], "as_of": as_of,
+            })
+        # Commit last: if anything above fails, no event is emitted and the change is seen again.
+        commit(settings, check)
+        return {k: v for k, v in check.items() if k != "entry"}
+
+    detect_source_changes()
+
+
+churn_data_watchdog()
