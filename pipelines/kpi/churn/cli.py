@@ -5,3 +5,32 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(help="The churn workflow.", no_args_is_help=True)
+
+
+@app.command("simulate")
+def simulate(
+    out: str = typer.Option(..., "--out", help="Folder or URL (file://, s3://) to write the CSVs into."),
+    users: int = typer.Option(10_000, "--users", help="Users in the user base (DEMOGRAFICOS.csv)."),
+    as_of: str = typer.Option(..., "--as-of", help="As-of date YYYY-MM-DD: payments cover the 180 days before it."),
+    seed: int = typer.Option(42, "--seed", help="Random seed; the output is a function of all the options."),
+    scenario: str = typer.Option(
+        "baseline", "--scenario", help="baseline, or shifted: less engagement, inflation, more promotions."
+    ),
+    dated_snapshots: bool = typer.Option(
+        True,
+        "--dated-snapshots/--undated-snapshots",
+        help="Monthly snapshot history with SNAPSHOT_DATE, or only the snapshot at --as-of in the original shape.",
+    ),
+) -> None:
+    """Write simulated churn sources (five CSVs) and OUTCOMES.csv; print the oracle AUC."""
+    from kpi.cli_support import json_command, parse_date
+
+    @json_command
+    def body() -> dict:
+        from kpi.churn.simulate import simulate_sources
+
+        return simulate_sources(
+            out, users, parse_date(as_of, "--as-of"), seed=seed, scenario=scenario, dated_snapshots=dated_snapshots
+        )
+
+    body()
