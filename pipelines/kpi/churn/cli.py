@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import typer
 
+from kpi.cli_support import json_command, parse_date
+
 app = typer.Typer(help="The churn workflow.", no_args_is_help=True)
+
+
+@app.command("drift")
+@json_command
+def drift(
+    data: str = typer.Option(..., "--data", help="Folder or URL (file://, s3://) with the five source CSVs."),
+    as_of: str = typer.Option(..., "--as-of", help="Monitoring date YYYY-MM-DD (features use data before it)."),
+    engine: str = typer.Option("auto", help="Current features with auto (pandas for small data), pandas, spark."),
+) -> dict:
+    """Evidently drift of the features at --as-of against the champion's training features."""
+    from kpi.churn.drift import run_drift
+    from kpi.settings import get_settings
+
+    return run_drift(get_settings(), data, parse_date(as_of, "--as-of"), engine=engine)
 
 
 @app.command("simulate")
