@@ -50,3 +50,58 @@ def simulate(
         )
 
     body()
+
+
+@app.command("train")
+@json_command
+def train(
+    data: str = typer.Option(..., "--data", help="Folder or URL (file://, s3://) with the five source CSVs."),
+    as_of: str = typer.Option(..., "--as-of", help="Training date YYYY-MM-DD (labels in [as_of-60d, as_of))."),
+    trials: int | None = typer.Option(None, "--trials", help="Search trials (default KPI_CHURN_SEARCH_TRIALS)."),
+    in_process: bool = typer.Option(
+        False, "--in-process", help="Train in this process on a local SparkSession instead of spark-submit."
+    ),
+) -> dict:
+    """Validate the sources, train on Spark (KPI_SPARK_BACKEND), then promote the new version or keep the champion."""
+    from kpi.churn.registry import evaluate_and_promote
+    from kpi.churn.validate import assert_valid_sources
+    from kpi.settings import get_settings
+
+    settings = get_settings()
+    day = parse_date(as_of, "--as-of")
+    assert_valid_sources(data, settings)
+    if in_process:
+        from kpi.churn.train import train_model
+
+        result = {**train_model(settings, data, day, trials=trials), "backend": "in-process"}
+    else:
+        from kpi.churn.spark_submit import submit_training
+
+        result = submit_training(settings, data, day, trials=trials)
+    promotion = evaluate_and_promote(settings, result["model_version"])
+    return {
+        "run_id": result["run_id"],
+        "model_version": result["model_version"],
+        "auc": result["auc"],
+        "data_version": result["data_version"],
+        "backend": result.get("backend"),
+        "decision": promotion["decision"],
+        "reason": promotion["reason"],
+        "champion_auc": promotion["champion_auc"],
+        "champion_version": promotion["champion_version"],
+        "results_url": result.get("results_url"),
+    }
+
+
+@app.command("score")
+@json_command
+def score(
+    data: str = typer.Option(..., "--data", help="Folder or URL (file://, s3://) with the five source CSVs."),
+    as_of: str = typer.Option(..., "--as-of", help="Scoring date YYYY-MM-DD (features from data before it)."),
+    output: str = typer.Option(..., "--output", help="CSV path or URL: CUS_CUST_ID_BUY, p_active_60d."),
+) -> dict:
+    """Score every user of the sources with the champion model."""
+    from kpi.churn.score import score_users
+    from kpi.settings import get_settings
+
+    return score_users(get_settings(), data, parse_date(as_of, "--as-of"), output)
