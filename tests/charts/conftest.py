@@ -1,0 +1,25 @@
+"""Fixtures of the chart tests: the assembled umbrella and its renders, once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from .platform import ENVIRONMENTS, assemble, load_values, objects, render
+
+
+@pytest.fixture(scope="session")
+def umbrella(tmp_path_factory):
+    """The umbrella chart with its first-party subcharts under charts/."""
+    return assemble(tmp_path_factory.mktemp("chart"))
+
+
+@pytest.fixture(scope="session")
+def renders(umbrella) -> dict[str, dict[str, str]]:
+    """Environment -> template path -> rendered text."""
+    return {env: render(umbrella, load_values(env)) for env in ENVIRONMENTS}
+
+
+@pytest.fixture(scope="session")
+def manifests(renders) -> dict[str, list[dict]]:
+    """Environment -> every rendered object."""
+    return {env: objects(rendered) for env, rendered in renders.items()}
