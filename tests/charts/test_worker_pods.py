@@ -55,7 +55,7 @@ def test_every_task_of_every_dag_gets_a_valid_worker_pod(dagbag, pod_template_fi
             override = (task.executor_config or {}).get("pod_override")
             pod = PodGenerator.construct_pod(
                 dag_id=dag_id, task_id=task.task_id, pod_id=f"{dag_id}-{task.task_id}"[:60].replace("_", "-"),
-                try_number=1, kube_image="kpi-airflow:local", date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+                try_number=1, kube_image="kpi-airflow:local", date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
                 args=["python", "-m", "airflow.sdk.execution_time.execute_workload", "--json-string", "{}"],
                 pod_override_object=override, base_worker_pod=base, namespace="kpi", scheduler_job_id="1",
                 run_id="manual__2026-01-01", map_index=-1,
