@@ -2,6 +2,71 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
+from kpi.cli_support import json_command, parse_date
+
 app = typer.Typer(help="The crypto workflow.", no_args_is_help=True)
+
+
+@app.command("simulate")
+@json_command
+def simulate(
+    start: str = typer.Option(..., help="First extract day, YYYY-MM-DD."),
+    end: str = typer.Option(..., help="Last extract day, YYYY-MM-DD."),
+    out: str = typer.Option(..., help="Folder path or URL (file://, s3://) for one CSV per day."),
+    rows_per_day: int = typer.Option(1000, help="New transactions per day."),
+    anomaly_rate: float = typer.Option(0.02, help="Share of transactions carrying an anomaly."),
+    update_rate: float = typer.Option(0.02, help="Share of transactions updated within the window."),
+    delete_rate: float = typer.Option(0.01, help="Share of transactions deleted within the window."),
+    seed: int = typer.Option(7, help="Random seed: the same seed writes the same bytes."),
+) -> dict:
+    """Play the upstream system: daily extracts with later updates, deletions and anomalies."""
+    from kpi.crypto.simulate import simulate_extracts
+    from kpi.settings import get_settings
+
+    settings = get_settings()
+    return simulate_extracts(parse_date(start, "--start"), parse_date(end, "--end"), out, rows_per_day,
+                             anomaly_rate, seed, update_rate, delete_rate, settings.crypto_window_days, settings)
+
+
+@app.command("ingest")
+@json_command
+def ingest(
+    path_or_url: str = typer.Argument(..., help="A CSV file, or a folder of CSVs (path, file:// or s3://)."),
+    extract_date: Optional[str] = typer.Option(
+        None, help="Day the file was extracted (default: YYYY-MM-DD in its name, else its latest purchase date)."),
+    force: bool = typer.Option(False, help="Ingest even if identical content was ingested before."),
+) -> dict:
+    """Load CSV rows into raw.bt_crypto_transaction_history exactly as received (COPY)."""
+    from kpi.crypto.ingest import ingest_file
+    from kpi.db import database_url
+    from kpi.settings import get_settings
+    from kpi.storage import filesystem, list_files
+
+    settings = get_settings()
+    database_url(settings)  # fail early, with the clear message, when no warehouse is configured
+    fs, path = filesystem(path_or_url, settings)
+    sources = [f for f in list_files(path_or_url, settings) if f.lower().endswith(".csv")] \
+        if fs.isdir(path) else [path_or_url]
+    if not sources:
+        raise FileNotFoundError(f"no .csv file in {path_or_url}")
+    day = parse_date(extract_date, "--extract-date") if extract_date else None
+    results = [ingest_file(s, extract_date=day, force=force, settings=settings) for s in sources]
+    return {"files": results, "rows": sum(r["rows"] for r in results),
+            "malformed_rows": sum(r["malformed_rows"] for r in results),
+            "skipped_duplicates": sum(1 for r in results if r["batch_id"] is None)}
+
+
+@app.command("run")
+@json_command
+def run(
+    date: str = typer.Option(..., "--date", help="Logical date D: refreshes the window [D-(n-1), D]."),
+    run_id: Optional[str] = typer.Option(None, help="Run id (default: manual__D__<random>)."),
+) -> dict:
+    """Stage, validate (GE in Postgres), quarantine, gate and publish the window; print the counts."""
+    from kpi.crypto.pipeline import run_window
+
+    return run_window(parse_date(date), run_id)

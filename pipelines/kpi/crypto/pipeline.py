@@ -1,0 +1,343 @@
+"""The rolling refresh of the window [D-(n-1), D]: stage, validate, quarantine, gate + publish, report.
+
+Every step is a plain function of ``(logical_date, run_id)`` so that the Airflow DAG can call one per
+task and ``kpi crypto run`` can call them all in one process. The heavy work is SQL executed by
+Postgres (``sql/crypto/*.sql``); no row of the window is pulled into Python.
+
+Locking: each step runs in one transaction that takes ``pg_advisory_xact_lock(CRYPTO_LOCK)``, and
+:func:`run_window` holds the same lock at session level for the whole run, so two runs (overlapping
+windows or not) never interleave. Publish additionally refuses a stage that another run's publish
+made stale (possible only when steps of two DAG runs are scheduled in between each other).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import psycopg
+
+from kpi.settings import Settings, get_settings
+
+CRYPTO_LOCK = 7_212_031_001  # advisory lock key of the crypto pipeline (any constant unique in the warehouse)
+PIPELINE = "crypto_events"
+
+
+class GateFailed(RuntimeError):
+    """The rejected share of the window is above the threshold: nothing was published."""
+
+    def __init__(self, message: str, summary: dict) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class ConservationError(RuntimeError):
+    """Raw rows of the window != staged rows: a bug, never a data problem."""
+
+
+class StaleStage(RuntimeError):
+    """Another run published an overlapping window after this run was staged: rerun this date."""
+
+
+def window_bounds(logical_date: dt.date, settings: Settings | None = None) -> tuple[dt.date, dt.date]:
+    """The window [D-(n-1), D] anchored on the logical date (never on the wall clock)."""
+    settings = settings or get_settings()
+    return logical_date - dt.timedelta(days=settings.crypto_window_days - 1), logical_date
+
+
+def new_run_id(logical_date: dt.date) -> str:
+    """A run id for runs started outside Airflow."""
+    return f"manual__{logical_date.isoformat()}__{uuid.uuid4().hex[:8]}"
+
+
+@cache
+def sql_statement(name: str, sql_dir: str) -> str:
+    """Text of ``sql/crypto/<name>.sql``; the stage statement gets the rule list's reasons expression."""
+    text = (Path(sql_dir) / "crypto" / f"{name}.sql").read_text()
+    if "/*REASONS*/" in text:
+        from kpi.crypto.rules import reasons_sql
+
+        text = text.replace("/*REASONS*/", reasons_sql())
+    return text
+
+
+def _sql(name: str, settings: Settings) -> str:
+    return sql_statement(name, str(settings.resolved_sql_dir))
+
+
+@contextlib.contextmanager
+def _connection(settings: Settings, conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
+    if conn is not None:
+        yield conn
+        return
+    from kpi.db import connect, database_url
+
+    with connect(database_url(settings)) as own:
+        yield own
+
+
+def _lock(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CRYPTO_LOCK,))
+
+
+def _run_row(conn: psycopg.Connection, run_id: str) -> dict:
+    cur = conn.execute("SELECT * FROM dqm.dq_runs WHERE run_id = %s", (run_id,))
+    row = cur.fetchone()
+    if row is None:
+        raise LookupError(f"run {run_id!r} has not been staged (run the stage step first)")
+    return dict(zip([c.name for c in cur.description], row))
+
+
+def _status_counts(conn: psycopg.Connection, run_id: str) -> dict:
+    rows = conn.execute("SELECT status, count(*) FROM staging.bt_crypto_events_candidate WHERE run_id = %s"
+                        " GROUP BY status", (run_id,)).fetchall()
+    counts = {"valid": 0, "rejected": 0, "superseded": 0} | {s: n for s, n in rows}
+    return counts
+
+
+def reason_counts(conn: psycopg.Connection, run_id: str) -> dict[str, int]:
+    """Rows of the run per broken rule (a row breaking two rules counts for both)."""
+    rows = conn.execute(
+        "SELECT reason, count(*) FROM staging.bt_crypto_events_candidate, unnest(reasons) AS reason"
+        " WHERE run_id = %s GROUP BY reason ORDER BY count(*) DESC, reason", (run_id,)).fetchall()
+    return {r: n for r, n in rows}
+
+
+def primary_reason_counts(conn: psycopg.Connection, run_id: str) -> dict[str, int]:
+    """Rejected rows of the run per first broken rule (the ``reason`` stored with each reject)."""
+    rows = conn.execute(
+        "SELECT reasons[1], count(*) FROM staging.bt_crypto_events_candidate WHERE run_id = %s"
+        " AND status = 'rejected' GROUP BY 1 ORDER BY 2 DESC, 1", (run_id,)).fetchall()
+    return {r: n for r, n in rows}
+
+
+# ------------------------------------------------------------------------------------------------------
+# steps
+# ------------------------------------------------------------------------------------------------------
+
+
+def stage_window(logical_date: dt.date, run_id: str, settings: Settings | None = None,
+                 conn: psycopg.Connection | None = None) -> dict:
+    """Type the window's raw rows into staging (one INSERT ... SELECT) and open the run in dq_runs.
+
+    Also checks conservation: the raw rows of the window, counted independently, equal the staged rows.
+    """
+    settings = settings or get_settings()
+    start, end = window_bounds(logical_date, settings)
+    params = {"run_id": run_id, "window_start": start, "window_end": end,
+              "sites": list(settings.crypto_allowed_sites), "cryptos": list(settings.crypto_allowed_cryptos)}
+    with _connection(settings, conn) as c:
+        _lock(c)
+        # keep staging small: rows of finished runs and of this run's earlier attempt go
+        c.execute("DELETE FROM staging.bt_crypto_events_candidate WHERE run_id = %s OR run_id IN"
+                  " (SELECT run_id FROM dqm.dq_runs WHERE finished_at IS NOT NULL)", (run_id,))
+        raw_rows = c.execute(_sql("count_window", settings), params).fetchone()[0]
+        staged = c.execute(_sql("stage_window", settings), params).rowcount
+        if staged != raw_rows:
+            raise ConservationError(f"window {start}..{end}: {raw_rows} raw rows but {staged} staged")
+        counts = _status_counts(c, run_id)
+        c.execute(
+            "INSERT INTO dqm.dq_runs (run_id, pipeline, logical_date, window_start, window_end, status, raw_rows,"
+            " staged, valid, quarantined, superseded, reject_threshold, started_at)"
+            " VALUES (%(run_id)s, %(pipeline)s, %(d)s, %(s)s, %(e)s, 'staged', %(raw)s, %(staged)s, %(valid)s,"
+            " %(rejected)s, %(superseded)s, %(threshold)s, now())"
+            " ON CONFLICT (run_id) DO UPDATE SET logical_date = EXCLUDED.logical_date,"
+            " window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, status = 'staged',"
+            " gate = NULL, raw_rows = EXCLUDED.raw_rows, staged = EXCLUDED.staged, valid = EXCLUDED.valid,"
+            " quarantined = EXCLUDED.quarantined, superseded = EXCLUDED.superseded, inserted = NULL,"
+            " updated = NULL, unchanged = NULL, deactivated = NULL, reactivated = NULL, error = NULL,"
+            " reject_threshold = EXCLUDED.reject_threshold, started_at = now(), finished_at = NULL",
+            {"run_id": run_id, "pipeline": PIPELINE, "d": logical_date, "s": start, "e": end, "raw": raw_rows,
+             "staged": staged, "threshold": settings.crypto_reject_threshold, **counts})
+        c.commit()
+        # fresh statistics: GE's queries and the publish joins plan on the staged rows
+        c.execute("ANALYZE staging.bt_crypto_events_candidate")
+        c.commit()
+    return {"run_id": run_id, "logical_date": logical_date, "window_start": start, "window_end": end,
+            "raw_rows": raw_rows, "staged": staged, **counts}
+
+
+def validate_window(logical_date: dt.date, run_id: str, settings: Settings | None = None,
+                    conn: psycopg.Connection | None = None) -> dict:
+    """Run the GE suite (built from the rule list) inside Postgres on the run's current rows.
+
+    Stores the validation result and Data Docs under ``KPI_STORAGE_URL`` and cross-checks GE's
+    unexpected counts against the row-level reasons (they come from the same rule list, so any
+    difference is a bug and fails the step).
+    """
+    from kpi.crypto.validation import run_expectations
+
+    settings = settings or get_settings()
+    with _connection(settings, conn) as c:
+        run = _run_row(c, run_id)
+        expected = reason_counts(c, run_id)
+        c.commit()
+    outcome = run_expectations(settings, run_id, logical_date)
+    disagree = {r: (outcome["unexpected"].get(r, 0), expected.get(r, 0))
+                for r in set(outcome["unexpected"]) | set(expected)
+                if outcome["unexpected"].get(r, 0) != expected.get(r, 0)}
+    broken_structure = {r: n for r, n in outcome["structural"].items() if n != 0}
+    if broken_structure:
+        raise RuntimeError(f"structural expectations failed on the staged rows (a stage bug): {broken_structure}")
+    if disagree:
+        raise RuntimeError(f"GE and the row-level rules disagree (reason: (GE, rows)): {disagree}")
+    with _connection(settings, conn) as c:
+        _lock(c)
+        c.execute("UPDATE dqm.dq_runs SET status = 'validated', ge_success = %s, ge_statistics = %s,"
+                  " ge_results_url = %s, data_docs_url = %s WHERE run_id = %s",
+                  (outcome["success"], json.dumps(outcome["statistics"]), outcome["results_url"],
+                   outcome["data_docs_url"], run_id))
+        c.commit()
+    return {"run_id": run_id, "raw_rows": run["raw_rows"], "ge_success": outcome["success"],
+            "ge_statistics": outcome["statistics"], "broken_rules": expected,
+            "ge_results_url": outcome["results_url"], "data_docs_url": outcome["data_docs_url"]}
+
+
+def quarantine_rows(logical_date: dt.date, run_id: str, settings: Settings | None = None,
+                    conn: psycopg.Connection | None = None) -> dict:
+    """Copy the run's rejected rows, with their original raw values, into ``dqm.bt_crypto_events_rejects``."""
+    settings = settings or get_settings()
+    with _connection(settings, conn) as c:
+        _lock(c)
+        _run_row(c, run_id)
+        recorded = c.execute(_sql("quarantine", settings),
+                             {"run_id": run_id, "logical_date": logical_date}).rowcount
+        reasons = primary_reason_counts(c, run_id)
+        c.execute("UPDATE dqm.dq_runs SET status = 'quarantined', top_reasons = %s WHERE run_id = %s",
+                  (json.dumps(reasons), run_id))
+        c.commit()
+    return {"run_id": run_id, "quarantined": sum(reasons.values()), "rejects_recorded": recorded,
+            "reasons": reasons}
+
+
+def check_gate(counts: dict, threshold: float) -> tuple[bool, float]:
+    """(passes, rejected share): the share is rejected / (valid + rejected), the rows up for validation."""
+    judged = counts["valid"] + counts["rejected"]
+    share = counts["rejected"] / judged if judged else 0.0
+    return share <= threshold, share
+
+
+def publish_window(logical_date: dt.date, run_id: str, settings: Settings | None = None,
+                   conn: psycopg.Connection | None = None) -> dict:
+    """Gate, then publish the run's valid rows to prod in ONE transaction.
+
+    Upserts changed rows only, re-activates keys that come back and deactivates keys of the window's
+    days that the source no longer has. On a failed gate nothing is published and :class:`GateFailed`
+    names the top reasons.
+    """
+    settings = settings or get_settings()
+    params = {"run_id": run_id}
+    with _connection(settings, conn) as c:
+        _lock(c)
+        run = _run_row(c, run_id)
+        stale = c.execute(
+            "SELECT run_id FROM dqm.dq_runs WHERE pipeline = %s AND run_id <> %s AND status = 'published'"
+            " AND window_start <= %s AND window_end >= %s AND finished_at > %s LIMIT 1",
+            (PIPELINE, run_id, run["window_end"], run["window_start"], run["started_at"])).fetchone()
+        if stale:
+            raise StaleStage(f"run {stale[0]} published an overlapping window after {run_id} was staged;"
+                             " rerun this date")
+        counts = _status_counts(c, run_id)
+        passed, share = check_gate(counts, settings.crypto_reject_threshold)
+        if not passed:
+            top = primary_reason_counts(c, run_id)
+            top_text = ", ".join(f"{r} ({n})" for r, n in list(top.items())[:3])
+            message = (f"gate failed for {logical_date}: {counts['rejected']} of "
+                       f"{counts['valid'] + counts['rejected']} rows rejected ({share:.1%} > "
+                       f"{settings.crypto_reject_threshold:.1%}); top reasons: {top_text}; nothing published")
+            c.execute("UPDATE dqm.dq_runs SET status = 'gate_failed', gate = 'failed', reject_share = %s,"
+                      " top_reasons = %s, error = %s, finished_at = now() WHERE run_id = %s",
+                      (share, json.dumps(top), message, run_id))
+            c.commit()
+            raise GateFailed(message, {"gate": "failed", "reject_share": share, "top_reasons": top})
+        reactivated = c.execute(_sql("publish_reactivated", settings), params).fetchone()[0]
+        inserted, updated = c.execute(_sql("publish_upsert", settings), params).fetchone()
+        deactivated = c.execute(_sql("publish_deactivate", settings), params).rowcount
+        unchanged = counts["valid"] - inserted - updated
+        c.execute("UPDATE dqm.dq_runs SET status = 'published', gate = 'passed', reject_share = %s,"
+                  " inserted = %s, updated = %s, unchanged = %s, deactivated = %s, reactivated = %s,"
+                  " finished_at = now() WHERE run_id = %s",
+                  (share, inserted, updated, unchanged, deactivated, reactivated, run_id))
+        c.commit()
+    return {"run_id": run_id, "gate": "passed", "reject_share": share, "published": counts["valid"],
+            "inserted": inserted, "updated": updated, "unchanged": unchanged, "deactivated": deactivated,
+            "reactivated": reactivated}
+
+
+def report_run(logical_date: dt.date, run_id: str, settings: Settings | None = None,
+               conn: psycopg.Connection | None = None) -> dict:
+    """The run's summary from ``dqm.dq_runs`` with conservation re-checked (staging rows are freed by the
+    next stage)."""
+    settings = settings or get_settings()
+    with _connection(settings, conn) as c:
+        run = _run_row(c, run_id)
+        summary = run_summary(run)
+        if summary["raw_rows"] != summary["published"] + summary["quarantined"] + summary["superseded"]:
+            raise ConservationError(f"run {run_id}: raw_rows != published + quarantined + superseded: {summary}")
+        c.commit()
+    return summary
+
+
+def run_summary(run: dict) -> dict:
+    """The public summary of one dq_runs row."""
+    keys = ("run_id", "logical_date", "window_start", "window_end", "status", "gate", "raw_rows", "staged",
+            "inserted", "updated", "unchanged", "deactivated", "reactivated", "quarantined", "superseded",
+            "reject_share", "reject_threshold", "ge_success", "ge_results_url", "data_docs_url")
+    summary = {k: run.get(k) for k in keys}
+    summary["published"] = run.get("valid") or 0
+    summary["top_reasons"] = run.get("top_reasons") or {}
+    return summary
+
+
+def run_window(logical_date: dt.date, run_id: str | None = None, settings: Settings | None = None) -> dict:
+    """All steps for one logical date in one process, under a session-level advisory lock.
+
+    Returns the summary; on a failed gate the summary has ``ok: False`` and ``error`` (prod untouched).
+    """
+    from kpi.db import connect, database_url
+
+    settings = settings or get_settings()
+    run_id = run_id or new_run_id(logical_date)
+    with connect(database_url(settings)) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (CRYPTO_LOCK,))
+        conn.commit()
+        timings: dict[str, float] = {}
+
+        def timed(step, name):
+            began = time.perf_counter()
+            try:
+                return step(logical_date, run_id, settings, conn)
+            finally:
+                timings[name] = round(time.perf_counter() - began, 3)
+
+        try:
+            timed(stage_window, "stage")
+            timed(validate_window, "validate")
+            timed(quarantine_rows, "quarantine")
+            try:
+                timed(publish_window, "publish")
+            except GateFailed as exc:
+                summary = report_run(logical_date, run_id, settings, conn)
+                return {"ok": False, "error": str(exc), **summary, "seconds": timings}
+            return {**report_run(logical_date, run_id, settings, conn), "seconds": timings}
+        except Exception as exc:
+            conn.rollback()
+            _mark_failed(conn, run_id, exc)
+            raise
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (CRYPTO_LOCK,))
+            conn.commit()
+
+
+def _mark_failed(conn: psycopg.Connection, run_id: str, exc: Exception) -> None:
+    # best effort: a failed step leaves a trace in dq_runs (the run row exists once staged)
+    with contextlib.suppress(psycopg.Error):
+        conn.execute("UPDATE dqm.dq_runs SET status = 'failed', error = %s, finished_at = now()"
+                     " WHERE run_id = %s AND status <> 'gate_failed'", (f"{type(exc).__name__}: {exc}", run_id))
+        conn.commit()
