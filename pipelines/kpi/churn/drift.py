@@ -294,6 +294,8 @@ def run_drift(settings: Settings, data_url: str, as_of: dt.date, engine: str = "
     from kpi.churn.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
     from kpi.churn.sources import data_version
 
+    # Missing source files fail first, naming the file, before anything is loaded.
+    version = data_version(data_url, settings)
     reference, champion = load_reference_features(settings)
     current, used_engine = current_features(settings, data_url, as_of, engine)
     comparison = compare_features(
@@ -301,7 +303,7 @@ def run_drift(settings: Settings, data_url: str, as_of: dt.date, engine: str = "
         numerical=list(NUMERIC_FEATURES), categorical=list(CATEGORICAL_FEATURES), seed=settings.churn_seed,
     )
     urls = report_urls(settings, as_of)
-    context = {"as_of": as_of.isoformat(), "data_url": data_url, "data_version": data_version(data_url, settings),
+    context = {"as_of": as_of.isoformat(), "data_url": data_url, "data_version": version,
                "engine": used_engine, "report_url": urls["html"], **champion}
     write_reports(settings, comparison, as_of, context)
     run_id = log_to_mlflow(settings, comparison.summary, context)
