@@ -107,7 +107,7 @@ def main() -> dict:
     idle_cpu, idle_mem = total(idle_rows)
     # while training: one Airflow worker pod runs the SparkKubernetesOperator task and waits for the job
     w_cpu, w_mem = requests(merged["airflowWorker"]["resources"])
-    platform = merged["platform"]
+    platform = merged["global"]["platform"]
     spark_pods = []
     for role, mem, count in (("driver", platform["sparkDriverMemory"], 1),
                              ("executor", platform["sparkExecutorMemory"], platform["sparkExecutorInstances"])):

@@ -294,3 +294,19 @@ def test_airflow_values_validate_against_the_official_chart_schema(env):
     jsonschema.validate(merged, schema)
     assert merged["executor"] == "KubernetesExecutor"
     assert merged["airflowVersion"].startswith("3.")
+
+
+def test_a_changed_platform_setting_rolls_the_dashboard(umbrella):
+    def annotations(values):
+        docs = objects(render(umbrella, values))
+        settings = next(o for o in docs if o["metadata"]["name"] == f"{RELEASE}-settings")
+        dashboard = next(o for o in docs if o["kind"] == "Deployment" and o["metadata"]["name"] == f"{RELEASE}-dashboard")
+        return settings["data"], dashboard["spec"]["template"]["metadata"]["annotations"]
+
+    values = load_values("local")
+    before_settings, before = annotations(values)
+    values["global"]["platform"]["storageUrl"] = "s3://kpi/elsewhere"
+    after_settings, after = annotations(values)
+    assert after_settings["KPI_STORAGE_URL"] == "s3://kpi/elsewhere" != before_settings["KPI_STORAGE_URL"]
+    assert after["checksum/settings"] != before["checksum/settings"]
+    assert after["checksum/config"] == before["checksum/config"]

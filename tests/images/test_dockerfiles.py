@@ -94,7 +94,7 @@ def test_base_versions_match_the_lock_and_the_chart():
     # same Spark minor as the pyspark the project is tested with (patch releases of the image lag PyPI)
     assert spark_version.rsplit(".", 1)[0] == lock["pyspark"].rsplit(".", 1)[0]
     values = yaml.safe_load((ROOT / "charts" / "kpi-platform" / "values.yaml").read_text())
-    assert values["platform"]["sparkVersion"] == spark_version
+    assert values["global"]["platform"]["sparkVersion"] == spark_version
     mlflow_chart = yaml.safe_load((ROOT / "charts" / "mlflow" / "Chart.yaml").read_text())
     assert mlflow_chart["appVersion"] == lock["mlflow"]
 
