@@ -41,7 +41,7 @@ IN_USER_BASE = "_id_in_user_base"  # derived column: the referential check as a 
 TYPE_PATTERNS = {
     "id": r"^\d{1,18}$",
     "int": r"^-?\d+$",
-    "float": r"^-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$",
+    "float": r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$",
     "date": r"^\d{4}-\d{2}-\d{2}$",
 }
 REQUIRED = {
