@@ -20,7 +20,6 @@ ENVIRONMENTS = {"local": ROOT / "values-local.yaml", "prod-example": ROOT / "val
 # objects the upstream charts create, by the names our templates and values refer to them
 UPSTREAM_OBJECTS = {
     ("ConfigMap", f"{RELEASE}-config"): "airflow (airflow.cfg of the release)",
-    ("ServiceAccount", "kpi-airflow-worker"): "airflow (workers.serviceAccount.name)",
     ("Service", f"{RELEASE}-api-server"): "airflow (API server)",
 }
 

@@ -192,11 +192,13 @@ def test_every_referenced_object_is_rendered_or_made_by_a_named_upstream_chart(m
         ("Secret", values["apiSecretKeySecretName"]), ("Secret", values["jwtSecretName"]),
         ("Secret", values["apiServer"]["extraVolumes"][0]["secret"]["secretName"]),
         ("ConfigMap", values["scheduler"]["extraVolumes"][0]["configMap"]["name"]),
+        ("ServiceAccount", values["workers"]["serviceAccount"]["name"]),
+        ("ServiceAccount", values["workers"]["kubernetes"]["serviceAccount"]["name"]),
     }
     for text in (values["extraEnvFrom"], values["extraEnv"]):
         for kind, name in re.findall(r"(secret|configMap)\w*:\s*\n\s*name: '\{\{ \.Release\.Name \}\}-([\w-]+)'", text):
             named.add(("Secret" if kind == "secret" else "ConfigMap", f"{RELEASE}-{name}"))
-    assert len(named) >= 9
+    assert len(named) >= 10
     assert named - rendered == set()
 
 

@@ -30,7 +30,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "kpi.minioUrl" -}}{{ printf "http://%s-minio:9000" .Release.Name }}{{- end -}}
 {{- define "kpi.mlflowUrl" -}}{{ printf "http://%s-mlflow:5000" .Release.Name }}{{- end -}}
 
-{{/* The Airflow worker service account (created by the upstream Airflow chart). */}}
+{{/* The Airflow worker service account (created here; the Airflow chart is told its name). */}}
 {{- define "kpi.airflowWorkerServiceAccount" -}}
 {{- .Values.airflow.workers.serviceAccount.name | default (printf "%s-worker" .Release.Name) -}}
 {{- end -}}
