@@ -22,7 +22,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.charts.platform import assemble, load_values, objects, pod_specs, render  # noqa: E402
+from tests.charts.platform import assemble, load_values, objects, pod_specs, render
 
 GIB = 1024**3
 TARGET_IDLE = {"cpu": 4.0, "memory_gib": 6.0}
@@ -30,7 +30,7 @@ TARGET_PEAK_WITHOUT_SPARK_GIB = 6.0
 UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "k": 1000, "M": 1000**2, "G": 1000**3, "": 1}
 
 
-def cpu(value: str | int | float) -> float:
+def cpu(value: str | float) -> float:
     """Kubernetes CPU quantity -> cores."""
     text = str(value)
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
