@@ -312,3 +312,21 @@ def test_a_changed_platform_setting_rolls_the_dashboard(umbrella):
     assert after_settings["KPI_STORAGE_URL"] == "s3://kpi/elsewhere" != before_settings["KPI_STORAGE_URL"]
     assert after["checksum/settings"] != before["checksum/settings"]
     assert after["checksum/config"] == before["checksum/config"]
+
+
+def test_airflow_api_server_keeps_the_generated_admin_password(manifests, tmp_path, monkeypatch):
+    """SimpleAuthManager, as the API server runs it, reads the password our Secret carries (the init
+    container copies the Secret's passwords.json to a writable file, which is what the manager needs)."""
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+    secret = next(o for o in manifests["local"] if o["kind"] == "Secret" and o["metadata"]["name"] == f"{RELEASE}-airflow-ui")
+    config = yaml.safe_load((UMBRELLA / "values.yaml").read_text())["airflow"]
+    init = config["apiServer"]["extraInitContainers"][0]
+    assert init["command"][-1] == config["config"]["core"]["simple_auth_manager_passwords_file"]
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text(secret["stringData"]["passwords.json"])  # what the init container copies
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", config["config"]["core"]["simple_auth_manager_users"])
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
+    SimpleAuthManager().init()
+    assert SimpleAuthManager.get_passwords() == {"admin": secret["stringData"]["admin-password"]}

@@ -1,0 +1,88 @@
+"""The postgres chart's first-start script, run for real: the rendered script against a real Postgres."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .platform import RELEASE
+
+
+@pytest.fixture(scope="module")
+def empty_postgres():
+    """A fresh Postgres server (trust auth, superuser `postgres`), like the image's temporary init server."""
+    from kpi.db import EmbeddedPostgres
+
+    base = Path(tempfile.mkdtemp(prefix="kpi-test-pginit-"))
+    base.chmod(0o755)  # the server runs as `postgres`
+    server = EmbeddedPostgres(base / "data", dbname="scratch")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _run_init(manifests, server, tmp_path) -> subprocess.CompletedProcess:
+    docs = manifests["local"]
+    init = next(o for o in docs if o["metadata"]["name"] == f"{RELEASE}-postgres-init")
+    sql = next(o for o in docs if o["metadata"]["name"] == f"{RELEASE}-postgres-sql")
+    sql_dir = tmp_path / "sql-init"
+    sql_dir.mkdir(exist_ok=True)
+    for name, text in sql["data"].items():
+        (sql_dir / name).write_text(text)
+    script = tmp_path / "10-databases.sh"
+    # the ConfigMap mounts at /opt/kpi/sql-init in the pod; here it is a temporary folder
+    script.write_text(init["data"]["10-databases.sh"].replace("/opt/kpi/sql-init", str(sql_dir)))
+    env = {**os.environ, "POSTGRES_USER": "postgres", "PGHOST": "127.0.0.1", "PGPORT": str(server.port),
+           "PATH": f"{server.bindir}{os.pathsep}{os.environ['PATH']}",
+           "DB_PASSWORD_0": "kpi-pw", "DB_PASSWORD_1": "airflow-pw", "DB_PASSWORD_2": "mlflow-pw"}
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
+
+
+def test_init_script_creates_the_three_databases_and_the_warehouse_owned_by_kpi(manifests, empty_postgres, tmp_path):
+    import psycopg
+
+    result = _run_init(manifests, empty_postgres, tmp_path)
+    assert result.returncode == 0, result.stderr
+    admin = f"postgresql://postgres@127.0.0.1:{empty_postgres.port}"
+    with psycopg.connect(f"{admin}/postgres") as conn:
+        owners = dict(conn.execute(
+            "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba"
+            " WHERE d.datname IN ('kpi', 'airflow', 'mlflow')").fetchall())
+        secrets = dict(conn.execute(
+            "SELECT rolname, rolpassword IS NOT NULL FROM pg_authid WHERE rolname IN ('kpi', 'airflow', 'mlflow')"
+        ).fetchall())
+    assert owners == {"kpi": "kpi", "airflow": "airflow", "mlflow": "mlflow"}
+    assert secrets == {"kpi": True, "airflow": True, "mlflow": True}
+    with psycopg.connect(f"{admin}/kpi") as conn:
+        schemas = dict(conn.execute(
+            "SELECT n.nspname, r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner"
+            " WHERE n.nspname IN ('raw', 'staging', 'prod', 'dqm')").fetchall())
+        tables = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE tableowner = 'kpi') FROM pg_tables"
+            " WHERE schemaname IN ('raw', 'staging', 'prod', 'dqm')").fetchone()
+    assert schemas == {"raw": "kpi", "staging": "kpi", "prod": "kpi", "dqm": "kpi"}
+    assert tables[0] > 0 and tables[0] == tables[1]  # every warehouse table belongs to the pipelines' role
+
+
+def test_init_script_can_run_again_without_harm(manifests, empty_postgres, tmp_path):
+    first = _run_init(manifests, empty_postgres, tmp_path)
+    second = _run_init(manifests, empty_postgres, tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+
+
+def test_the_bootstrap_job_can_reapply_the_ddl_as_the_warehouse_role(manifests, empty_postgres, tmp_path):
+    """After the first start, the db-bootstrap Job runs `kpi db init` as role kpi on every upgrade."""
+    from kpi.db import init_db
+
+    assert _run_init(manifests, empty_postgres, tmp_path).returncode == 0
+    job = next(o for o in manifests["local"] if o["kind"] == "Job" and o["metadata"]["name"].startswith(f"{RELEASE}-db-bootstrap"))
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["kpi", "db", "init"]
+    init_db(f"postgresql://kpi@127.0.0.1:{empty_postgres.port}/kpi")
