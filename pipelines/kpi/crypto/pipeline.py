@@ -159,8 +159,8 @@ def stage_window(logical_date: dt.date, run_id: str, settings: Settings | None =
         # fresh statistics: GE's queries and the publish joins plan on the staged rows
         c.execute("ANALYZE staging.bt_crypto_events_candidate")
         c.commit()
-    return {"run_id": run_id, "logical_date": logical_date, "window_start": start, "window_end": end,
-            "raw_rows": raw_rows, "staged": staged, **counts}
+    return jsonable({"run_id": run_id, "logical_date": logical_date, "window_start": start, "window_end": end,
+                     "raw_rows": raw_rows, "staged": staged, **counts})
 
 
 def validate_window(logical_date: dt.date, run_id: str, settings: Settings | None = None,
@@ -270,6 +270,19 @@ def publish_window(logical_date: dt.date, run_id: str, settings: Settings | None
             "reactivated": reactivated}
 
 
+def publish_window_or_fail(logical_date: dt.date, run_id: str, settings: Settings | None = None) -> dict:
+    """:func:`publish_window` for orchestrators: a failed gate fails the task without retries (a retry
+    would see the same data), other errors stay retryable."""
+    try:
+        return publish_window(logical_date, run_id, settings)
+    except GateFailed as exc:
+        try:
+            from airflow.exceptions import AirflowFailException
+        except ImportError:  # outside Airflow
+            raise exc from None
+        raise AirflowFailException(str(exc)) from exc
+
+
 def report_run(logical_date: dt.date, run_id: str, settings: Settings | None = None,
                conn: psycopg.Connection | None = None) -> dict:
     """The run's summary from ``dqm.dq_runs`` with conservation re-checked (staging rows are freed by the
@@ -281,7 +294,12 @@ def report_run(logical_date: dt.date, run_id: str, settings: Settings | None = N
         if summary["raw_rows"] != summary["published"] + summary["quarantined"] + summary["superseded"]:
             raise ConservationError(f"run {run_id}: raw_rows != published + quarantined + superseded: {summary}")
         c.commit()
-    return summary
+    return jsonable(summary)
+
+
+def jsonable(value):
+    """``value`` with dates as ISO strings and decimals as floats (XCom- and JSON-safe)."""
+    return json.loads(json.dumps(value, default=lambda o: o.isoformat() if hasattr(o, "isoformat") else float(o)))
 
 
 def run_summary(run: dict) -> dict:
@@ -291,7 +309,8 @@ def run_summary(run: dict) -> dict:
             "reject_share", "reject_threshold", "ge_success", "ge_results_url", "data_docs_url")
     summary = {k: run.get(k) for k in keys}
     summary["published"] = run.get("valid") or 0
-    summary["top_reasons"] = run.get("top_reasons") or {}
+    top = run.get("top_reasons") or {}
+    summary["top_reasons"] = dict(sorted(top.items(), key=lambda kv: (-kv[1], kv[0])))  # jsonb loses order
     return summary
 
 
