@@ -16,10 +16,10 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
+import argparse
+import datetime as dt
+import json
+import logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Train, register and report; exit status 0 on success, 1 with the error on stderr otherwise."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # keeps the result JSON the last line of output
     args = parse_args(argv)
     from pyspark.sql import SparkSession
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     try:
         result = train_model(settings, args.data, args.as_of, trials=args.trials, spark=spark)
-    except Exception as exc:  # noqa: BLE001 - the job's boundary: one clear line and a failing exit code
+    except Exception as exc:
         logging.getLogger("kpi.churn.job").exception("training failed")
         print(json.dumps({"ok": False, "error": str(exc), "error_type": type(exc).__name__}), flush=True)
         return 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +29,34 @@ def configure(settings: Settings) -> str:
     return uri
 
 
+@contextlib.contextmanager
+def using_store(settings: Settings) -> Iterator[str]:
+    """Point MLflow at the settings' store for the block, then restore the previous URIs exactly.
+
+    ``mlflow.set_tracking_uri`` is process-global (and exports ``MLFLOW_TRACKING_URI``); restoring keeps
+    other callers in the same process (tests, the dashboard) on their own store.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri,
+             {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
+    try:
+        yield configure(settings)
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def client(settings: Settings):
-    """An MlflowClient bound to the settings' store."""
-    uri = configure(settings)
+    """An MlflowClient bound to the settings' store (no global state changed)."""
+    uri = settings.resolved_mlflow_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -106,12 +134,12 @@ def log_and_register(settings: Settings, model: ChurnModel, input_example: pd.Da
 
 def load_version_model(settings: Settings, version: int | str) -> ChurnModel:
     """The :class:`ChurnModel` of registered version ``version`` (through the pyfunc loader)."""
-    configure(settings)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.churn_model_name}/{version}")
+    with using_store(settings):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.churn_model_name}/{version}")
     return pyfunc.unwrap_python_model().model
 
 
 def download_run_artifact(settings: Settings, run_id: str, path: str, dst: str | Path) -> Path:
     """Download one artifact of ``run_id`` into ``dst``; return the local path."""
-    configure(settings)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+    with using_store(settings):
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))

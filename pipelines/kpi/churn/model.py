@@ -164,7 +164,7 @@ class ChurnModel:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ChurnModel":
+    def from_dict(cls, data: dict[str, Any]) -> ChurnModel:
         data = dict(data)
         version = data.pop("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
@@ -178,7 +178,7 @@ class ChurnModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ChurnModel":
+    def load(cls, path: str | Path) -> ChurnModel:
         """Read a model written by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text()))
 

@@ -59,7 +59,7 @@ def score_users(settings: Settings, data_url: str, as_of: dt.date, output: str, 
         path.write_bytes(csv)
     return {
         "output": output,
-        "rows": int(len(scored)),
+        "rows": len(scored),
         "model_version": champion.version,
         "model_run_id": champion.run_id,
         "mean_p_active_60d": float(scored[PREDICTION_COLUMN].mean()) if len(scored) else None,

@@ -203,21 +203,15 @@ def train_model(
     Returns:
         ``run_id, model_version, auc, data_version`` and the other holdout metrics, parity and timings.
     """
-    import mlflow
-    import numpy as np
-    from hyperopt import STATUS_OK, Trials, fmin, tpe
-    from mlflow.data.meta_dataset import MetaDataset
     from pyspark.sql import functions as F
 
-    from kpi import storage
     from kpi.churn import mlflow_utils
-    from kpi.churn.model import classification_metrics, export_pipeline
 
     started = time.perf_counter()
     trials = int(trials or settings.churn_search_trials)
     seed = settings.churn_seed
     spark = spark or spark_session(settings)
-    label, id_col, horizon = LABEL, ID, LABEL_HORIZON_DAYS
+    label, id_col = LABEL, ID
     if numeric_features is None or categorical_features is None or training_set is None:
         from kpi.churn import features
 
@@ -240,7 +234,26 @@ def train_model(
     train, validation, holdout = (f.cache() for f in split_frames(frame, id_col, seed))
     features_built = time.perf_counter()
 
-    mlflow_utils.configure(settings)
+    with mlflow_utils.using_store(settings):
+        return _search_fit_register(
+            settings, data_url, as_of, trials, seed, spark, frame, train, validation, holdout, numeric, categorical,
+            data_version, n_rows, started, features_built,
+        )
+
+
+def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, train, validation, holdout,
+                         numeric, categorical, data_version, n_rows, started, features_built) -> dict[str, Any]:
+    """The MLflow part of :func:`train_model` (runs with MLflow pointed at the settings' store)."""
+    import mlflow
+    import numpy as np
+    from hyperopt import STATUS_OK, Trials, fmin, tpe
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from kpi import storage
+    from kpi.churn import mlflow_utils
+    from kpi.churn.model import classification_metrics, export_pipeline
+
+    label, id_col, horizon = LABEL, ID, LABEL_HORIZON_DAYS
     experiment_id = mlflow_utils.experiment_id(EXPERIMENT, settings)
     dataset = mlflow.data.from_spark(
         frame, path=data_url, name=f"churn-training-{as_of.isoformat()}", digest=data_version[:32], targets=label
@@ -273,6 +286,7 @@ def train_model(
 
         def objective(params: dict[str, float]) -> dict[str, Any]:
             number = len(trial_results)
+            trial_started = time.perf_counter()
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{number:02d}", nested=True):
                 mlflow.set_tags({**common_tags, "kind": "trial"})
                 mlflow.log_input(trial_dataset, context="training")
@@ -283,6 +297,8 @@ def train_model(
                 metrics = classification_metrics(preds[label].to_numpy(), preds["p"].to_numpy())
                 mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
             trial_results.append({"params": dict(params), **metrics})
+            log.info("trial %d: AUC %.4f in %.1fs (%d iterations)", number, metrics["roc_auc"],
+                     time.perf_counter() - trial_started, fitted.summary.totalIterations)
             return {"loss": -metrics["roc_auc"], "status": STATUS_OK}
 
         search_trials = Trials()
@@ -362,7 +378,7 @@ def train_model(
         "best_params": best_params,
         "best_val_auc": best["roc_auc"],
         "trials": trials,
-        "rows": {"total": n_rows, "holdout": int(len(holdout_pdf))},
+        "rows": {"total": n_rows, "holdout": len(holdout_pdf)},
         "parity_max_abs_diff": parity,
         "parity_passed": parity < PARITY_TOLERANCE,
         "shap_top_features": list(shap_summary)[:5],
