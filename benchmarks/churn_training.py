@@ -1,0 +1,260 @@
+"""Churn training benchmark (issue 3 §9): features + Spark training at 100,000 users, local[2].
+
+Measures, and writes to ``benchmarks/results/churn_training.json``:
+
+- wall time of the point-in-time training set (Spark features + labels) and of training (Hyperopt search,
+  final fit, export, parity, registration, SHAP) with ``--trials`` trials;
+- peak RSS of this process plus its children (the Spark JVM and Python workers), sampled every 0.2 s;
+- AUC on the TRUE next-60-day outcome (``OUTCOMES.csv``, after as_of) of the champion scored at as_of,
+  next to a reference ``HistGradientBoostingClassifier`` fitted on the same training set (a small
+  validation-selected grid) and the simulator's oracle AUC (its true probabilities);
+- single-row scoring latency (p50/p99) of the registered pyfunc and of ``ChurnModel`` directly, and
+  batch scoring rows/s.
+
+Usage: ``.venv/bin/python benchmarks/churn_training.py [--users 100000] [--trials 12] [--master local[2]]``
+Targets (issue): AUC within 0.02 of the reference; features + training < 5 min; p99 single row <= 5 ms;
+batch >= 200,000 rows/s. The JSON records whether each target was met; the machine's load is recorded too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "churn_training.json"
+
+
+class PeakRss:
+    """Peak resident memory of this process and all its descendants, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # noqa: BLE001 - a child may exit between listing and reading
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self._interval)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def reference_model_auc(train_pdf, score_pdf, y_true, numeric, categorical, seed: int) -> dict:
+    """HistGradientBoosting on the same features: pick the best of a small grid on a validation split."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+
+    def encode(df, categories=None):
+        out = df[numeric].astype("float64").copy()
+        cats = categories or {}
+        for c in categorical:
+            values = df[c].astype("object").where(df[c].notna(), "__missing__")
+            if c not in cats:
+                cats[c] = sorted(set(values))
+            out[c] = pd.Categorical(values, categories=cats[c])
+        return out, cats
+
+    x, cats = encode(train_pdf)
+    y = train_pdf["label"].astype(int).to_numpy()
+    rng = np.random.default_rng(seed)
+    is_val = rng.random(len(x)) < 0.2
+    grid = [
+        {"learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 40},
+        {"learning_rate": 0.05, "max_leaf_nodes": 63, "min_samples_leaf": 80},
+        {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 20, "l2_regularization": 1.0},
+    ]
+    best = None
+    for params in grid:
+        clf = HistGradientBoostingClassifier(max_iter=500, early_stopping=True, validation_fraction=0.1,
+                                             n_iter_no_change=20, categorical_features="from_dtype",
+                                             random_state=seed, **params)
+        clf.fit(x[~is_val], y[~is_val])
+        auc = roc_auc_score(y[is_val], clf.predict_proba(x[is_val])[:, 1])
+        if best is None or auc > best[0]:
+            best = (auc, params)
+    clf = HistGradientBoostingClassifier(max_iter=500, early_stopping=True, validation_fraction=0.1,
+                                         n_iter_no_change=20, categorical_features="from_dtype",
+                                         random_state=seed, **best[1])
+    clf.fit(x, y)
+    xs, _ = encode(score_pdf, cats)
+    return {"params": best[1], "validation_auc": best[0],
+            "auc_true_outcome": float(roc_auc_score(y_true, clf.predict_proba(xs)[:, 1]))}
+
+
+def latency(fn, frames, repeat: int) -> dict:
+    import numpy as np
+
+    times = []
+    for i in range(repeat):
+        frame = frames[i % len(frames)]
+        t = time.perf_counter()
+        fn(frame)
+        times.append((time.perf_counter() - t) * 1000)
+    arr = np.array(times[10:])  # the first calls warm caches
+    return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)),
+            "mean_ms": float(arr.mean()), "calls": int(len(arr))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--as-of", default="2024-06-30")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from kpi.churn import features
+    from kpi.churn.simulate import simulate_sources
+    from kpi.settings import Settings
+
+    as_of = dt.date.fromisoformat(args.as_of)
+    work = Path(tempfile.mkdtemp(prefix="kpi-churn-bench-"))
+    settings = Settings(env="dev", home=work / "home", storage_url=(work / "storage").as_uri(),
+                        mlflow_tracking_uri=f"sqlite:///{work / 'mlflow.db'}", spark_master=args.master,
+                        churn_search_trials=args.trials, churn_seed=args.seed)
+    data = work / "data"
+    t0 = time.perf_counter()
+    sim = simulate_sources(str(data), args.users, as_of, seed=args.seed)
+    simulate_s = time.perf_counter() - t0
+    print(f"simulated {args.users} users in {simulate_s:.1f}s (oracle AUC {sim['oracle_auc']:.4f})", flush=True)
+
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master(args.master).appName("kpi-churn-benchmark")
+             .config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+             .config("spark.driver.memory", "4g").config("spark.sql.session.timeZone", "UTC").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    from kpi.churn.registry import evaluate_and_promote
+    from kpi.churn.train import train_model
+
+    load_before = os.getloadavg()
+    with PeakRss() as rss:
+        t0 = time.perf_counter()
+        training_set = features.training_set_spark(spark, str(data), as_of).cache()
+        rows = training_set.count()
+        features_s = time.perf_counter() - t0
+        print(f"training set: {rows} rows in {features_s:.1f}s", flush=True)
+        t1 = time.perf_counter()
+        result = train_model(settings, str(data), as_of, trials=args.trials, spark=spark, training_set=training_set)
+        training_s = time.perf_counter() - t1
+        print(f"training: {training_s:.1f}s, holdout AUC {result['auc']:.4f}", flush=True)
+        promotion = evaluate_and_promote(settings, result["model_version"])
+        t2 = time.perf_counter()
+        scoring = features.scoring_set_spark(spark, str(data), as_of).toPandas()
+        scoring_features_s = time.perf_counter() - t2
+        train_pdf = training_set.toPandas()
+    load_after = os.getloadavg()
+
+    import mlflow
+
+    from kpi.churn.mlflow_utils import load_version_model, using_store
+
+    model = load_version_model(settings, result["model_version"])
+    with using_store(settings):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.churn_model_name}/{result['model_version']}")
+    outcomes = pd.read_csv(data / "OUTCOMES.csv")
+    scored = scoring[["CUS_CUST_ID_BUY"]].copy()
+    scored["p"] = model.predict_proba(scoring)
+    merged = scored.merge(outcomes, on="CUS_CUST_ID_BUY", how="inner")
+    model_auc = float(roc_auc_score(merged["active_next_60d"], merged["p"]))
+    oracle_auc = float(roc_auc_score(merged["active_next_60d"], merged["p_true"]))
+    score_pdf = scoring.merge(outcomes[["CUS_CUST_ID_BUY", "active_next_60d"]], on="CUS_CUST_ID_BUY")
+    t3 = time.perf_counter()
+    reference = reference_model_auc(train_pdf, score_pdf, score_pdf["active_next_60d"].to_numpy(),
+                                    features.NUMERIC_FEATURES, features.CATEGORICAL_FEATURES, args.seed)
+    reference["fit_seconds"] = time.perf_counter() - t3
+    print(f"AUC on true outcome: model {model_auc:.4f}, reference HGB {reference['auc_true_outcome']:.4f}, "
+          f"oracle {oracle_auc:.4f}", flush=True)
+
+    cols = model.feature_names
+    singles = [scoring.iloc[[i]][cols] for i in range(200)]
+    single_pyfunc = latency(pyfunc.predict, singles, 1010)
+    single_numpy = latency(model.predict_proba, singles, 2010)
+    batch = scoring[cols]
+    t4 = time.perf_counter()
+    reps = 5
+    for _ in range(reps):
+        model.predict_proba(batch)
+    batch_rows_s = reps * len(batch) / (time.perf_counter() - t4)
+    t5 = time.perf_counter()
+    pyfunc.predict(batch)
+    pyfunc_batch_rows_s = len(batch) / (time.perf_counter() - t5)
+
+    out = {
+        "benchmark": "churn_training",
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "users": args.users, "trials": args.trials, "master": args.master, "cpu_count": os.cpu_count(),
+        "load_average_before": load_before, "load_average_after": load_after,
+        "payments": sim["rows"]["PAYMENTS.csv"], "simulate_seconds": round(simulate_s, 1),
+        "training_rows": rows,
+        "features_seconds": round(features_s, 1),
+        "training_seconds": round(training_s, 1),
+        "features_plus_training_seconds": round(features_s + training_s, 1),
+        "training_breakdown_seconds": result["seconds"],
+        "scoring_features_seconds": round(scoring_features_s, 1),
+        "peak_rss_mb": round(rss.peak / 2**20),
+        "holdout": result["holdout"],
+        "best_params": result["best_params"],
+        "parity_max_abs_diff": result["parity_max_abs_diff"],
+        "promotion": promotion["decision"],
+        "auc_true_outcome": {"model": model_auc, "reference_hgb": reference["auc_true_outcome"], "oracle": oracle_auc,
+                             "simulator_oracle_summary": sim["oracle_auc"]},
+        "reference_model": reference,
+        "single_row_latency": {"pyfunc": single_pyfunc, "churn_model": single_numpy},
+        "batch_rows_per_second": {"churn_model": round(batch_rows_s), "pyfunc": round(pyfunc_batch_rows_s)},
+    }
+    out["targets"] = {
+        "auc_within_0.02_of_reference": model_auc >= reference["auc_true_outcome"] - 0.02,
+        "features_plus_training_under_300s": features_s + training_s < 300,
+        "p99_single_row_at_most_5ms_pyfunc": single_pyfunc["p99_ms"] <= 5,
+        "p99_single_row_at_most_5ms_churn_model": single_numpy["p99_ms"] <= 5,
+        "batch_at_least_200k_rows_per_s": batch_rows_s >= 200_000,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    print(json.dumps(out, default=float))
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

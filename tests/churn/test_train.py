@@ -1,0 +1,128 @@
+"""Training end to end: job.py under spark-submit on simulated sources, what it logs, and batch scoring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from model_support import TRIALS, trained_store
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, churn_data):
+    return trained_store(
+        tmp_path_factory.getbasetemp() / "churn-model-store", churn_data.url, churn_data.as_of.isoformat()
+    )
+
+
+def test_job_prints_and_writes_the_result_document(trained, churn_data):
+    from kpi import storage
+    from kpi.churn.sources import data_version
+
+    result = trained.result
+    assert result["ok"] is True
+    assert result["data_version"] == data_version(churn_data.url)
+    assert result["model_version"] == 1
+    url = storage.join(
+        trained.settings.resolved_storage_url,
+        "training-runs",
+        churn_data.as_of.isoformat(),
+        f"{result['data_version']}.json",
+    )
+    written = json.loads(storage.read_bytes(url, trained.settings))
+    for key in ("run_id", "model_version", "auc", "data_version"):
+        assert written[key] == result[key]
+
+
+def test_model_beats_chance_clearly_and_matches_spark(trained, churn_data):
+    result = trained.result
+    assert result["parity_max_abs_diff"] < 1e-6
+    # the simulator's signal is strong (oracle AUC in the summary); a linear model gets most of it
+    assert 0.7 < result["auc"] <= churn_data.summary["oracle_auc"] + 0.02
+    assert 0 < result["holdout"]["ece"] < 0.1
+
+
+def test_every_trial_is_a_nested_run_with_metrics_dataset_and_data_version(trained):
+    from kpi.churn.mlflow_utils import client
+
+    mlflow_client = client(trained.settings)
+    parent = mlflow_client.get_run(trained.result["run_id"])
+    children = mlflow_client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == TRIALS
+    for child in children:
+        assert {"val_roc_auc", "val_pr_auc", "val_log_loss", "val_brier", "val_ece"} <= set(
+            child.data.metrics
+        )
+        assert {"reg_param", "elastic_net"} <= set(child.data.params)
+        assert child.data.tags["data_version"] == trained.result["data_version"]
+        assert [d.dataset.digest for d in child.inputs.dataset_inputs] == [
+            trained.result["data_version"][:32]
+        ]
+    assert parent.data.tags["data_version"] == trained.result["data_version"]
+    assert parent.inputs.dataset_inputs, "the parent run logs the training dataset"
+    assert parent.data.metrics["holdout_roc_auc"] == pytest.approx(trained.result["auc"])
+
+
+def test_run_carries_holdout_reference_features_and_a_registered_pyfunc(trained, tmp_path):
+    import mlflow
+
+    from kpi.churn.features import FEATURE_COLUMNS
+    from kpi.churn.mlflow_utils import client, download_run_artifact, using_store
+
+    run_id = trained.result["run_id"]
+    reference = pd.read_parquet(
+        download_run_artifact(trained.settings, run_id, "reference/features.parquet", tmp_path)
+    )
+    assert list(reference.columns) == FEATURE_COLUMNS and len(reference) > 1000
+    holdout = pd.read_parquet(
+        download_run_artifact(trained.settings, run_id, "holdout/holdout.parquet", tmp_path)
+    )
+    assert len(holdout) == trained.result["rows"]["holdout"] and set(holdout["label"]) == {0.0, 1.0}
+
+    version = client(trained.settings).get_model_version("churn-model", "1")
+    assert version.run_id == run_id
+    assert version.tags["data_version"] == trained.result["data_version"]
+    with using_store(trained.settings):
+        pyfunc = mlflow.pyfunc.load_model("models:/churn-model/1")
+    signature = pyfunc.metadata.get_input_schema()
+    assert signature.input_names() == FEATURE_COLUMNS
+    predicted = pyfunc.predict(holdout[FEATURE_COLUMNS].head(50))
+    assert list(predicted.columns) == ["p_active_60d"]
+    assert predicted["p_active_60d"].between(0, 1).all()
+
+
+def test_score_writes_every_user_with_the_champion(trained, churn_data, spark, tmp_path):
+    from kpi.churn.registry import evaluate_and_promote
+    from kpi.churn.score import score_users
+
+    evaluate_and_promote(trained.settings, 1)  # idempotent: first model -> champion, then already champion
+    out = tmp_path / "scores" / "scores.csv"
+    summary = score_users(trained.settings, churn_data.url, churn_data.as_of, str(out), spark=spark)
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["CUS_CUST_ID_BUY", "p_active_60d"]
+    assert len(scores) == summary["rows"] == churn_data.users
+    assert scores["CUS_CUST_ID_BUY"].is_unique
+    assert scores["p_active_60d"].between(0, 1).all()
+    # scored at as_of, recent payers (label=1 in the simulator's outcome) should rank higher on average
+    outcomes = pd.read_csv(Path(churn_data.url) / "OUTCOMES.csv")
+    merged = scores.merge(outcomes, on="CUS_CUST_ID_BUY")
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(merged["active_next_60d"], merged["p_active_60d"]) > 0.7
+    assert np.isclose(summary["mean_p_active_60d"], scores["p_active_60d"].mean())
+
+
+def test_score_without_a_champion_says_so(tmp_path, churn_data):
+    from model_support import store_settings
+
+    from kpi.churn.score import NoChampionError, score_users
+
+    with pytest.raises(NoChampionError, match="kpi churn train"):
+        score_users(store_settings(tmp_path), churn_data.url, churn_data.as_of, str(tmp_path / "x.csv"))
