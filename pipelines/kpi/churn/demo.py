@@ -1,0 +1,177 @@
+"""The churn part of ``kpi demo``: two rounds of data through the three churn DAGs with ``dag.test()``.
+
+Round 1 simulates the sources, the watchdog fires (and stays quiet on a second look), training promotes
+the first champion and drift finds nothing. Round 2 replaces the sources with a shifted population a month
+later: the watchdog fires on the changed files, drift crosses the threshold and emits ``churn_drift``, and
+training evaluates the second model against the champion on the same holdout and decides. The demo plays
+the scheduler's part: it starts ``churn_training`` with the ``data_url``/``as_of`` the asset events carry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from kpi.settings import Settings
+
+DEMO_AS_OF = dt.date(2025, 6, 30)
+SECOND_ROUND_DAYS = 30
+DEMO_TRIALS = 4
+
+
+def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one DAG run in this process with ``dag.test(run_conf=conf)`` (Airflow home already active).
+
+    Returns:
+        ``dag_id``, ``run_id``, ``state``, ``tasks`` (task id -> state), ``xcom`` (task id -> return value)
+        and ``seconds``.
+    """
+    import sqlalchemy as sa
+    from airflow.models.xcom import XComModel
+    from airflow.settings import Session
+
+    # H1's runner keeps one warmed in-process execution API for every dag.test() of the process.
+    from kpi.crypto.airflow_local import _use_one_warm_execution_api, load_dag
+
+    dag = load_dag(dag_id)
+    _use_one_warm_execution_api()
+    started = time.perf_counter()
+    run = dag.test(run_conf=conf or {})
+    seconds = round(time.perf_counter() - started, 1)
+    tasks = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}
+    with Session() as session:
+        rows = session.scalars(
+            sa.select(XComModel)
+            .where(XComModel.dag_id == dag_id, XComModel.run_id == run.run_id, XComModel.key == "return_value")
+        ).all()
+        xcom = {row.task_id: XComModel.deserialize_value(row) for row in rows}
+    return {"dag_id": dag_id, "run_id": run.run_id, "state": str(getattr(run.state, "value", run.state)),
+            "tasks": tasks, "xcom": xcom, "seconds": seconds}
+
+
+def _asset_events(asset_name: str, since_id: int = 0) -> list[dict[str, Any]]:
+    """Events of one asset newer than ``since_id`` (id, extra), oldest first."""
+    import sqlalchemy as sa
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.settings import Session
+
+    with Session() as session:
+        rows = session.execute(
+            sa.select(AssetEvent.id, AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == asset_name, AssetEvent.id > since_id).order_by(AssetEvent.id)
+        ).all()
+    return [{"id": r[0], **dict(r[1] or {})} for r in rows]
+
+
+def _last_event_id() -> int:
+    import sqlalchemy as sa
+    from airflow.models.asset import AssetEvent
+    from airflow.settings import Session
+
+    with Session() as session:
+        return int(session.scalar(sa.select(sa.func.coalesce(sa.func.max(AssetEvent.id), 0))))
+
+
+def run_churn_demo(settings: Settings, users: int = 5000, trials: int = DEMO_TRIALS,
+                   as_of: dt.date = DEMO_AS_OF, seed: int = 42) -> dict[str, Any]:
+    """Two rounds of churn data through watchdog, training and drift DAGs; print and return a summary.
+
+    Args:
+        settings: settings with reachable stores (``local_services()`` provides them).
+        users: users in each simulated round.
+        trials: hyper-parameter search trials per training run (small keeps the demo short).
+        as_of: the first round's date; the second round is ``SECOND_ROUND_DAYS`` later.
+        seed: simulator seed.
+
+    Returns:
+        ``rounds`` (per round: watchdog, training decision and AUCs, drift share), ``champion_version``,
+        ``data_url``, ``failed_runs`` (DAG runs that did not succeed) and ``seconds``.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from kpi.churn.registry import load_champion
+    from kpi.churn.simulate import simulate_sources
+    from kpi.churn.watchdog import watched_data_url
+    from kpi.crypto.airflow_local import activate_airflow_home, prepare_airflow_home
+
+    console = Console()
+    started = time.perf_counter()
+    data_url = watched_data_url(settings)
+    activate_airflow_home(prepare_airflow_home(settings.home_dir / "airflow"))
+    runs: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
+
+    def dag(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+        result = run_dag(dag_id, conf)
+        runs.append(result)
+        console.print(f"  {dag_id}: {result['state']} in {result['seconds']}s")
+        return result
+
+    for number, (scenario, day) in enumerate(
+        [("baseline", as_of), ("shifted", as_of + dt.timedelta(days=SECOND_ROUND_DAYS))], start=1
+    ):
+        console.rule(f"[bold]churn round {number}[/bold]: {scenario} population, {users} users, as of {day}")
+        simulated = simulate_sources(data_url, users, day, seed=seed + number, scenario=scenario,
+                                     settings=settings)
+        console.print(f"  simulated {simulated['rows']['PAYMENTS.csv']} payments into {data_url} "
+                      f"(oracle AUC {simulated['oracle_auc']})")
+        mark = _last_event_id()
+        watch = dag("churn_data_watchdog", {"data_url": data_url, "as_of": day.isoformat()})
+        source_events = _asset_events("churn_sources", mark)
+        quiet = None
+        if number == 1:  # a second look at unchanged files must stay quiet
+            mark_quiet = _last_event_id()
+            dag("churn_data_watchdog", {"data_url": data_url, "as_of": day.isoformat()})
+            quiet = len(_asset_events("churn_sources", mark_quiet))
+        drift_run = None
+        if number == 2:  # the monitor runs before retraining: it compares with the round-1 champion
+            drift_run = dag("churn_drift_monitor", {"data_url": data_url, "as_of": day.isoformat()})
+        drift_events = _asset_events("churn_drift", mark)
+        training = None
+        if source_events or drift_events:
+            # what the scheduler does on these assets: start churn_training with the events' inputs
+            latest = (source_events + drift_events)[-1]
+            training = dag("churn_training", {"data_url": latest["data_url"], "as_of": latest["as_of"],
+                                              "trials": trials})
+        if number == 1:
+            drift_run = dag("churn_drift_monitor", {"data_url": data_url, "as_of": day.isoformat()})
+        decision = (training or {}).get("xcom", {}).get("evaluate_and_promote") or {}
+        drift = (drift_run or {}).get("xcom", {}).get("measure_drift") or {}
+        rounds.append({
+            "round": number, "scenario": scenario, "as_of": day.isoformat(), "users": users,
+            "watchdog_fired": bool(source_events),
+            "changed_files": (source_events[-1]["changed_files"] if source_events else []),
+            "watchdog_second_look_events": quiet,
+            "drift_share": drift.get("drift_share"), "drift_detected": drift.get("drift_detected"),
+            "drift_event": bool(drift_events), "drift_report": drift.get("report_url"),
+            "training_state": (training or {}).get("state"),
+            "model_version": (decision.get("training") or {}).get("model_version"),
+            "decision": decision.get("decision"), "candidate_auc": decision.get("candidate_auc"),
+            "champion_auc": decision.get("champion_auc"), "reason": decision.get("reason"),
+            "oracle_auc": simulated["oracle_auc"],
+        })
+
+    champion = load_champion(settings)
+    table = Table(title="churn: two rounds through churn_data_watchdog -> churn_training -> churn_drift_monitor")
+    columns = ["round", "scenario", "as_of", "watchdog_fired", "drift_share", "drift_event", "model_version",
+               "decision", "candidate_auc", "champion_auc", "oracle_auc"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("scenario", "as_of", "decision") else "right")
+    for row in rounds:
+        table.add_row(*(_cell(row[c]) for c in columns))
+    console.print(table)
+    if champion is not None:
+        console.print(f"champion: churn-model v{champion.version} (AUC {_cell(champion.auc)}); "
+                      f"drift reports under {settings.resolved_storage_url}/drift-reports/")
+    failed = [r["run_id"] for r in runs if r["state"] != "success"]
+    return {"data_url": data_url, "rounds": rounds,
+            "champion_version": str(champion.version) if champion else None,
+            "dag_runs": len(runs), "failed_runs": failed, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
