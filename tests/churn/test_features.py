@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from kpi.churn import features as F
 from kpi.churn.sources import ID, SNAPSHOT_DATE, SOURCE_COLUMNS, SOURCE_FILES
 
@@ -57,11 +56,39 @@ def tiny_sources(folder: Path, dated=("active_user", "marketplace")) -> str:
         ],
         "active_user": [
             # user 1: three snapshots; the one dated at the cutoff is the latest usable one
-            {ID: 1, "MAU_MP_1": 5, "MAU_ML_1": 1, "MAU_ML_2": 1, "last_login_mp_date_1": day(-35), SNAPSHOT_DATE: day(-30)},
-            {ID: 1, "MAU_MP_1": 7, "MAU_ML_1": 2, "MAU_ML_2": 1, "last_login_mp_date_1": day(-2), SNAPSHOT_DATE: day(0)},
-            {ID: 1, "MAU_MP_1": 99, "MAU_ML_1": 9, "MAU_ML_2": 2, "last_login_mp_date_1": day(20), SNAPSHOT_DATE: day(30)},
+            {
+                ID: 1,
+                "MAU_MP_1": 5,
+                "MAU_ML_1": 1,
+                "MAU_ML_2": 1,
+                "last_login_mp_date_1": day(-35),
+                SNAPSHOT_DATE: day(-30),
+            },
+            {
+                ID: 1,
+                "MAU_MP_1": 7,
+                "MAU_ML_1": 2,
+                "MAU_ML_2": 1,
+                "last_login_mp_date_1": day(-2),
+                SNAPSHOT_DATE: day(0),
+            },
+            {
+                ID: 1,
+                "MAU_MP_1": 99,
+                "MAU_ML_1": 9,
+                "MAU_ML_2": 2,
+                "last_login_mp_date_1": day(20),
+                SNAPSHOT_DATE: day(30),
+            },
             # user 2: only a snapshot after the cutoff
-            {ID: 2, "MAU_MP_1": 3, "MAU_ML_1": 3, "MAU_ML_2": 0, "last_login_mp_date_1": day(15), SNAPSHOT_DATE: day(30)},
+            {
+                ID: 2,
+                "MAU_MP_1": 3,
+                "MAU_ML_1": 3,
+                "MAU_ML_2": 0,
+                "last_login_mp_date_1": day(15),
+                SNAPSHOT_DATE: day(30),
+            },
         ],
         "dinero_cuenta": [
             {ID: 1, "PLATA_CUENTA_1": 500.0, "PLATA_CUENTA_2": 400.0, "INVERSION": "Investing"}
@@ -185,7 +212,12 @@ def test_training_population_excludes_users_unknown_before_the_cutoff(spark, tmp
 
 
 def test_dated_snapshot_after_cutoff_and_undated_snapshots_are_not_used(tmp_path):
-    dated = F.build_features_pandas(F.read_sources_pandas(tiny_sources(tmp_path / "a", dated=("active_user", "dinero_cuenta", "marketplace"))), CUTOFF)
+    dated = F.build_features_pandas(
+        F.read_sources_pandas(
+            tiny_sources(tmp_path / "a", dated=("active_user", "dinero_cuenta", "marketplace"))
+        ),
+        CUTOFF,
+    )
     row = _by_id(dated)[1]
     # DINERO_CUENTA dated 10 days before the cutoff: usable
     assert row["plata_cuenta_1"] == 500.0 and row["investment_status"] == "Investing"
@@ -220,7 +252,9 @@ def _perturb_future(folder: Path, cutoff: dt.date, seed: int = 0) -> None:
     for name in ("ACTIVE_USER.csv", "DINERO_CUENTA.csv", "MARKETPLACE_DATA.csv"):
         snap = pd.read_csv(folder / name)
         later = pd.to_datetime(snap[SNAPSHOT_DATE]) > pd.Timestamp(cutoff)
-        numeric = [c for c in snap.columns if c not in (ID, SNAPSHOT_DATE) and pd.api.types.is_numeric_dtype(snap[c])]
+        numeric = [
+            c for c in snap.columns if c not in (ID, SNAPSHOT_DATE) and pd.api.types.is_numeric_dtype(snap[c])
+        ]
         snap.loc[later, numeric] = snap.loc[later, numeric] * 3 + 1
         snap.to_csv(folder / name, index=False)
 
@@ -230,15 +264,19 @@ def test_changing_data_at_or_after_the_cutoff_changes_no_feature_pandas(churn_da
     changed = copy_sources(tmp_path / "changed")
     _perturb_future(changed, churn_data.cutoff)
     after = F.build_features_pandas(F.read_sources_pandas(str(changed)), churn_data.cutoff)
-    pd.testing.assert_frame_equal(before.sort_values(ID).reset_index(drop=True), after.sort_values(ID).reset_index(drop=True))
-    # and the perturbation is real: the labels did change
-    assert not F.build_labels_pandas(F.read_sources_pandas(churn_data.url), churn_data.cutoff, churn_data.as_of).equals(
-        F.build_labels_pandas(F.read_sources_pandas(str(changed)), churn_data.cutoff, churn_data.as_of)
+    pd.testing.assert_frame_equal(
+        before.sort_values(ID).reset_index(drop=True), after.sort_values(ID).reset_index(drop=True)
     )
+    # and the perturbation is real: the labels did change
+    assert not F.build_labels_pandas(
+        F.read_sources_pandas(churn_data.url), churn_data.cutoff, churn_data.as_of
+    ).equals(F.build_labels_pandas(F.read_sources_pandas(str(changed)), churn_data.cutoff, churn_data.as_of))
 
 
 @pytest.mark.slow
-def test_changing_data_at_or_after_the_cutoff_changes_no_feature_spark(spark, churn_data, copy_sources, tmp_path):
+def test_changing_data_at_or_after_the_cutoff_changes_no_feature_spark(
+    spark, churn_data, copy_sources, tmp_path
+):
     changed = copy_sources(tmp_path / "changed")
     _perturb_future(changed, churn_data.cutoff, seed=1)
     frames = []
@@ -268,7 +306,9 @@ def test_pandas_features_match_spark_on_simulated_sources(spark, churn_data):
     sources_sp = F.read_sources_spark(spark, churn_data.url)
     sources_pd = F.read_sources_pandas(churn_data.url)
     for cutoff in (churn_data.cutoff, churn_data.as_of):
-        _assert_parity(F.build_features_spark(sources_sp, cutoff).toPandas(), F.build_features_pandas(sources_pd, cutoff))
+        _assert_parity(
+            F.build_features_spark(sources_sp, cutoff).toPandas(), F.build_features_pandas(sources_pd, cutoff)
+        )
     sp_train = F.training_set_spark(spark, churn_data.url, churn_data.as_of).toPandas().sort_values(ID)
     pd_train = F.training_set_pandas(churn_data.url, churn_data.as_of).sort_values(ID)
     assert sp_train[ID].tolist() == pd_train[ID].tolist()
@@ -288,9 +328,8 @@ def test_scoring_set_has_every_user_and_clean_categories(churn_data):
 
 
 def test_a_quick_model_on_the_features_learns_the_simulated_signal(churn_data):
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
     from kpi.churn.simulate import roc_auc
+    from sklearn.ensemble import HistGradientBoostingClassifier
 
     train = F.training_set_pandas(churn_data.url, churn_data.as_of)
     scoring = F.scoring_set_pandas(churn_data.url, churn_data.as_of)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from kpi.churn.simulate import p_no_payment, roc_auc, simulate_sources
 from kpi.churn.sources import ID, OUTCOMES_FILE, SNAPSHOT_DATE, SNAPSHOT_SOURCES, SOURCE_FILES, fingerprints
 
@@ -47,7 +46,9 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     assert fingerprints(str(tmp_path / "a")) == fingerprints(str(tmp_path / "b"))
     assert (tmp_path / "a" / OUTCOMES_FILE).read_bytes() == (tmp_path / "b" / OUTCOMES_FILE).read_bytes()
     assert a["oracle_auc"] == b["oracle_auc"]
-    differing = {k for k, v in fingerprints(str(tmp_path / "c")).items() if v != fingerprints(str(tmp_path / "a"))[k]}
+    differing = {
+        k for k, v in fingerprints(str(tmp_path / "c")).items() if v != fingerprints(str(tmp_path / "a"))[k]
+    }
     assert differing == set(SOURCE_FILES.values())
     assert c["rows"] != a["rows"]
 
@@ -60,7 +61,10 @@ def test_time_semantics_of_payments_and_snapshots(churn_data):
     users = set(pd.read_csv(churn_data.path / "DEMOGRAFICOS.csv")[ID])
     assert len(users) == churn_data.users and set(pay[ID]) <= users
     expected_dates = {pd.Timestamp(churn_data.as_of - dt.timedelta(days=30 * k)) for k in range(6)}
-    for name, date_col in (("ACTIVE_USER.csv", "last_login_mp_date_1"), ("MARKETPLACE_DATA.csv", "RECENCY_ML")):
+    for name, date_col in (
+        ("ACTIVE_USER.csv", "last_login_mp_date_1"),
+        ("MARKETPLACE_DATA.csv", "RECENCY_ML"),
+    ):
         snap = pd.read_csv(churn_data.path / name, parse_dates=[SNAPSHOT_DATE, date_col])
         assert set(snap[SNAPSHOT_DATE]) == expected_dates
         assert not snap.duplicated([ID, SNAPSHOT_DATE]).any()
@@ -74,7 +78,9 @@ def test_time_semantics_of_payments_and_snapshots(churn_data):
     # balance two months ago in the latest snapshot is the previous snapshot's current balance
     money = pd.read_csv(churn_data.path / "DINERO_CUENTA.csv", parse_dates=[SNAPSHOT_DATE])
     latest = money[money[SNAPSHOT_DATE] == pd.Timestamp(churn_data.as_of)].set_index(ID)
-    previous = money[money[SNAPSHOT_DATE] == pd.Timestamp(churn_data.as_of - dt.timedelta(days=30))].set_index(ID)
+    previous = money[
+        money[SNAPSHOT_DATE] == pd.Timestamp(churn_data.as_of - dt.timedelta(days=30))
+    ].set_index(ID)
     both = latest.index.intersection(previous.index)
     assert np.allclose(latest.loc[both, "PLATA_CUENTA_2"], previous.loc[both, "PLATA_CUENTA_1"])
 
@@ -145,17 +151,30 @@ def test_writes_to_s3(s3_server, monkeypatch, tmp_path):
 
 
 def test_cli_prints_a_json_summary_with_the_oracle_auc(tmp_path):
+    from kpi.cli import app
     from typer.testing import CliRunner
 
-    from kpi.cli import app
-
     result = CliRunner().invoke(
-        app, ["churn", "simulate", "--out", str(tmp_path), "--users", "300", "--as-of", "2024-06-30", "--seed", "4"]
+        app,
+        [
+            "churn",
+            "simulate",
+            "--out",
+            str(tmp_path),
+            "--users",
+            "300",
+            "--as-of",
+            "2024-06-30",
+            "--seed",
+            "4",
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["ok"] is True and 0.5 < summary["oracle_auc"] <= 1.0
     assert summary["rows"]["DEMOGRAFICOS.csv"] == 300
-    bad = CliRunner().invoke(app, ["churn", "simulate", "--out", str(tmp_path), "--users", "0", "--as-of", "2024-06-30"])
+    bad = CliRunner().invoke(
+        app, ["churn", "simulate", "--out", str(tmp_path), "--users", "0", "--as-of", "2024-06-30"]
+    )
     assert bad.exit_code == 1
     assert "--users must be at least 1" in json.loads(bad.stdout.strip().splitlines()[-1])["error"]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from kpi.churn.sources import ID
 from kpi.churn.validate import SourceValidationError, assert_valid_sources, validate_sources
 from kpi.settings import Settings
@@ -39,11 +38,16 @@ def test_simulated_sources_pass_and_results_are_stored(small_sources, settings):
     summary = validate_sources(str(small_sources), settings)
     assert summary["success"], summary["failures"]
     assert summary["failures"] == []
-    assert set(summary["files"]) == {"PAYMENTS.csv", "ACTIVE_USER.csv", "DEMOGRAFICOS.csv", "DINERO_CUENTA.csv",
-                                     "MARKETPLACE_DATA.csv"}
+    assert set(summary["files"]) == {
+        "PAYMENTS.csv",
+        "ACTIVE_USER.csv",
+        "DEMOGRAFICOS.csv",
+        "DINERO_CUENTA.csv",
+        "MARKETPLACE_DATA.csv",
+    }
     assert all(f["rules"] >= 8 and f["failed_rules"] == 0 for f in summary["files"].values())
     assert summary["results_url"].startswith(settings.resolved_storage_url + "/churn/source-validation/")
-    stored = json.loads(Path(summary["results_url"][len("file://"):]).read_text())
+    stored = json.loads(Path(summary["results_url"][len("file://") :]).read_text())
     assert stored["success"] is True and stored["data_version"] == summary["data_version"]
     # the GE validation results themselves, one suite per file
     assert stored["results"]["PAYMENTS.csv"]["success"] is True
@@ -60,7 +64,6 @@ def test_reference_seed_data_passes(settings):
 
 def test_every_kind_of_break_is_reported_with_file_column_and_rule(small_sources, settings, tmp_path):
     broken = Path(shutil.copytree(small_sources, tmp_path / "broken"))
-    users = pd.read_csv(broken / "DEMOGRAFICOS.csv", dtype=str)[ID]
 
     def demograficos(df):
         df = pd.concat([df, df.iloc[[0]]])  # a duplicated user
@@ -117,7 +120,7 @@ def test_every_kind_of_break_is_reported_with_file_column_and_rule(small_sources
         assert reason in text, f"missing reason {reason!r} in:\n{text}"
     assert len(summary["failures"]) == len(expected), text
     # results of a failed run are stored too
-    assert Path(summary["results_url"][len("file://"):]).exists()
+    assert Path(summary["results_url"][len("file://") :]).exists()
     # and the guard raises with every reason in its message
     with pytest.raises(SourceValidationError) as caught:
         assert_valid_sources(str(broken), settings)
@@ -132,7 +135,9 @@ def test_missing_file_and_missing_column_are_named(small_sources, settings, tmp_
     summary = validate_sources(str(broken), settings)
     assert not summary["success"]
     assert any(f.startswith("DINERO_CUENTA.csv: file is missing") for f in summary["failures"])
-    assert any(f.startswith("MARKETPLACE_DATA.csv: missing columns ['FREQUENCY_ML']") for f in summary["failures"])
+    assert any(
+        f.startswith("MARKETPLACE_DATA.csv: missing columns ['FREQUENCY_ML']") for f in summary["failures"]
+    )
     assert summary["data_version"] is None
     # the files that are fine are still validated, and pass
     assert summary["files"]["PAYMENTS.csv"]["failed_rules"] == 0

@@ -19,6 +19,7 @@ millions of users; the pandas code computes the same values for dashboards and t
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import TYPE_CHECKING
 
 from kpi.churn.sources import (
@@ -96,7 +97,7 @@ def training_cutoff(as_of: dt.date) -> dt.date:
 
 def age_band(age: float | None) -> str | None:
     """The age band label of one age (None when unknown)."""
-    if age is None or age != age:  # NaN
+    if age is None or math.isnan(age):
         return None
     if age < AGE_BANDS[0][0]:
         return "<18"
@@ -125,7 +126,7 @@ def _spark_schema(source: str, header: list[str]):
     return T.StructType([T.StructField(c, spark_types[COLUMN_TYPES[source][c]], True) for c in header])
 
 
-def read_sources_spark(spark: "SparkSession", data_url: str, settings=None) -> dict[str, "DataFrame"]:
+def read_sources_spark(spark: SparkSession, data_url: str, settings=None) -> dict[str, DataFrame]:
     """Read the five sources as typed DataFrames keyed like :data:`SOURCE_FILES`.
 
     A remote folder is downloaded first when Spark runs with a local master (no S3A jars there);
@@ -172,7 +173,7 @@ def _age_band_spark(age):
     return expr.otherwise("65+")
 
 
-def _latest_snapshot_spark(df: "DataFrame", cutoff: dt.date) -> "DataFrame | None":
+def _latest_snapshot_spark(df: DataFrame, cutoff: dt.date) -> DataFrame | None:
     """The latest snapshot row per user dated on or before ``cutoff``; None when the file is undated."""
     from pyspark.sql import functions as F
 
@@ -187,7 +188,7 @@ def _latest_snapshot_spark(df: "DataFrame", cutoff: dt.date) -> "DataFrame | Non
     return latest.select(ID, *[F.col(f"_s.{c}").alias(c) for c in cols])
 
 
-def build_features_spark(sources: dict[str, "DataFrame"], cutoff: dt.date) -> "DataFrame":
+def build_features_spark(sources: dict[str, DataFrame], cutoff: dt.date) -> DataFrame:
     """One row per user of the user base with :data:`FEATURE_COLUMNS`, from data strictly before ``cutoff``.
 
     Args:
@@ -198,41 +199,65 @@ def build_features_spark(sources: dict[str, "DataFrame"], cutoff: dt.date) -> "D
         DataFrame with columns ``[ID, *FEATURE_COLUMNS]``; numeric features are doubles, categorical
         features clean strings (null when unknown).
     """
+    return _features_spark(sources, cutoff, as_of=None)
+
+
+def _features_spark(sources: dict[str, DataFrame], cutoff: dt.date, as_of: dt.date | None) -> DataFrame:
+    """Features at ``cutoff``; with ``as_of`` also LABEL and ``_known`` from the same pass over payments.
+
+    One aggregation over payments serves features, label and population, so a training set reads the
+    largest file once.
+    """
     from pyspark.sql import functions as F
 
     cut = F.lit(cutoff)
     pay = sources["payments"]
-    days = F.datediff(cut, F.col("FECHA"))
-    spent = F.coalesce(F.col("SPENT"), F.lit(0.0))
-    discount = F.coalesce(F.col("DESCUENTO"), F.lit(0.0))
-    recent = pay.where(
-        (F.col("FECHA") < cut) & (F.col("FECHA") >= F.date_sub(cut, LOOKBACK_DAYS)) & F.col(ID).isNotNull()
-    ).select(
+    fecha = F.col("FECHA")
+    lookback = (fecha < cut) & (fecha >= F.date_sub(cut, LOOKBACK_DAYS))
+    scope = (fecha < F.lit(as_of)) if as_of is not None else lookback
+    rows = pay.where(scope & F.col(ID).isNotNull()).select(
         ID,
-        days.alias("_days"),
-        spent.alias("_spent"),
-        discount.alias("_discount"),
+        lookback.alias("_in"),
+        ((fecha >= cut) & (fecha < F.lit(as_of))).alias("_future")
+        if as_of is not None
+        else F.lit(False).alias("_future"),
+        (fecha < cut).alias("_past"),
+        F.datediff(cut, fecha).alias("_days"),
+        F.coalesce(F.col("SPENT"), F.lit(0.0)).alias("_spent"),
+        F.coalesce(F.col("DESCUENTO"), F.lit(0.0)).alias("_discount"),
         F.col("CUS_CUST_ID_SEL").alias("_seller"),
         F.trim(F.col("TPV_SEGMENT_DETAIL")).alias("_segment"),
     )
-    aggs = [F.sum(F.when(F.col("_days") <= w, 1.0).otherwise(0.0)).alias(f"pay_count_{w}d") for w in WINDOWS]
+    inside = F.col("_in")
+
+    def within(days: int):
+        return inside & (F.col("_days") <= days)
+
+    aggs = [F.sum(F.when(within(w), 1.0).otherwise(0.0)).alias(f"pay_count_{w}d") for w in WINDOWS]
     aggs += [
-        F.sum(F.when(F.col("_days") <= w, F.col("_spent")).otherwise(0.0)).alias(f"pay_amount_{w}d")
-        for w in WINDOWS
+        F.sum(F.when(within(w), F.col("_spent")).otherwise(0.0)).alias(f"pay_amount_{w}d") for w in WINDOWS
     ]
     aggs += [
-        F.min("_days").cast("double").alias("days_since_last_payment"),
-        F.max("_days").cast("double").alias("days_since_first_payment"),
-        F.countDistinct("_seller").cast("double").alias("distinct_sellers_120d"),
-        (F.sum("_spent") / F.count(F.lit(1))).alias("avg_ticket_120d"),
-        F.avg(F.when(F.col("_discount") > 0, 1.0).otherwise(0.0)).alias("discount_share_120d"),
-        F.avg("_discount").alias("avg_discount_120d"),
+        F.min(F.when(inside, F.col("_days"))).cast("double").alias("days_since_last_payment"),
+        F.max(F.when(inside, F.col("_days"))).cast("double").alias("days_since_first_payment"),
+        F.countDistinct(F.when(inside, F.col("_seller"))).cast("double").alias("distinct_sellers_120d"),
+        (F.sum(F.when(inside, F.col("_spent"))) / F.count(F.when(inside, 1))).alias("avg_ticket_120d"),
+        F.avg(F.when(inside, F.when(F.col("_discount") > 0, 1.0).otherwise(0.0))).alias(
+            "discount_share_120d"
+        ),
+        F.avg(F.when(inside, F.col("_discount"))).alias("avg_discount_120d"),
     ]
     aggs += [
-        F.avg(F.when(F.col("_segment") == s, 1.0).otherwise(0.0)).alias(f"segment_share_{s.lower()}")
+        F.avg(F.when(inside, F.when(F.col("_segment") == s, 1.0).otherwise(0.0))).alias(
+            f"segment_share_{s.lower()}"
+        )
         for s in SEGMENTS
     ]
-    payment_features = recent.groupBy(ID).agg(*aggs)
+    aggs += [
+        F.max(F.col("_future").cast("int")).alias("_paid"),
+        F.max(F.col("_past").cast("int")).alias("_paid_before"),
+    ]
+    payment_features = rows.groupBy(ID).agg(*aggs)
 
     users = sources[USER_BASE].where(F.col(ID).isNotNull()).dropDuplicates([ID])
     out = users.select(
@@ -245,8 +270,10 @@ def build_features_spark(sources: dict[str, "DataFrame"], cutoff: dt.date) -> "D
     ).join(payment_features, on=ID, how="left")
     fill = {c: 0.0 for c in PAYMENT_FEATURES}
     fill["days_since_last_payment"] = NO_PAYMENT_RECENCY
-    out = out.fillna(fill)
+    out = out.fillna(fill).fillna({"_paid": 0, "_paid_before": 0})
 
+    known = F.col("_paid_before") == 1
+    any_dated = False
     for source in SNAPSHOT_SOURCES:
         latest = _latest_snapshot_spark(sources[source], cutoff)
         numeric = _SNAPSHOT_NUMERIC.get(source, {})
@@ -259,17 +286,26 @@ def build_features_spark(sources: dict[str, "DataFrame"], cutoff: dt.date) -> "D
             for feat in strings.values():
                 out = out.withColumn(feat, F.lit(None).cast("string"))
             continue
+        any_dated = True
+        flag = f"_snap_{source}"
         cols = [F.col(c).cast("double").alias(f) for c, f in numeric.items()]
         # a date on or after the cutoff cannot be known at the cutoff: treat it as unknown
         cols += [
-            F.when(F.col(c) < cut, F.datediff(cut, F.col(c)).cast("double")).alias(f) for c, f in dates.items()
+            F.when(F.col(c) < cut, F.datediff(cut, F.col(c)).cast("double")).alias(f)
+            for c, f in dates.items()
         ]
         cols += [_clean_string(F.col(c)).alias(f) for c, f in strings.items()]
-        out = out.join(latest.select(ID, *cols), on=ID, how="left")
-    return out.select(ID, *[F.col(c).cast("double").alias(c) for c in NUMERIC_FEATURES], *CATEGORICAL_FEATURES)
+        out = out.join(latest.select(ID, *cols, F.lit(True).alias(flag)), on=ID, how="left")
+        known = known | F.col(flag).isNotNull()
+    features = [ID, *[F.col(c).cast("double").alias(c) for c in NUMERIC_FEATURES], *CATEGORICAL_FEATURES]
+    if as_of is None:
+        return out.select(*features)
+    # without any dated snapshot table nobody's arrival is known: the whole user base is the population
+    known = known if any_dated else F.lit(True)
+    return out.select(*features, F.col("_paid").cast("int").alias(LABEL), known.alias("_known"))
 
 
-def build_labels_spark(sources: dict[str, "DataFrame"], cutoff: dt.date, as_of: dt.date) -> "DataFrame":
+def build_labels_spark(sources: dict[str, DataFrame], cutoff: dt.date, as_of: dt.date) -> DataFrame:
     """``[ID, LABEL]`` for every user of the user base: 1 when a payment falls in ``[cutoff, as_of)``."""
     from pyspark.sql import functions as F
 
@@ -288,7 +324,7 @@ def build_labels_spark(sources: dict[str, "DataFrame"], cutoff: dt.date, as_of: 
     )
 
 
-def population_spark(sources: dict[str, "DataFrame"], cutoff: dt.date) -> "DataFrame":
+def population_spark(sources: dict[str, DataFrame], cutoff: dt.date) -> DataFrame:
     """``[ID]`` of the users known before ``cutoff``: a payment before it or a snapshot row dated on/before it.
 
     Users who joined after the cutoff are not part of a model trained at that cutoff (they would teach it
@@ -306,17 +342,21 @@ def population_spark(sources: dict[str, "DataFrame"], cutoff: dt.date) -> "DataF
     return users.join(known.distinct(), on=ID, how="left_semi")
 
 
-def training_set_spark(spark: "SparkSession", data_url: str, as_of: dt.date, settings=None) -> "DataFrame":
-    """``[ID, *FEATURE_COLUMNS, LABEL]`` for a model trained at ``as_of`` (cutoff ``as_of - 60d``)."""
+def training_set_spark(spark: SparkSession, data_url: str, as_of: dt.date, settings=None) -> DataFrame:
+    """``[ID, *FEATURE_COLUMNS, LABEL]`` for a model trained at ``as_of`` (cutoff ``as_of - 60d``).
+
+    Same rows and values as joining :func:`build_features_spark`, :func:`population_spark` and
+    :func:`build_labels_spark`, computed in one pass over payments.
+    """
     sources = read_sources_spark(spark, data_url, settings)
     cutoff = training_cutoff(as_of)
-    features = build_features_spark(sources, cutoff)
-    population = population_spark(sources, cutoff)
-    labels = build_labels_spark(sources, cutoff, as_of)
-    return features.join(population, on=ID, how="left_semi").join(labels, on=ID, how="inner")
+    if not cutoff < as_of:  # pragma: no cover - LABEL_HORIZON_DAYS is positive
+        raise ValueError(f"label window is empty: cutoff {cutoff} must be before as_of {as_of}")
+    fused = _features_spark(sources, cutoff, as_of=as_of)
+    return fused.where("_known").select(ID, *FEATURE_COLUMNS, LABEL)
 
 
-def scoring_set_spark(spark: "SparkSession", data_url: str, as_of: dt.date, settings=None) -> "DataFrame":
+def scoring_set_spark(spark: SparkSession, data_url: str, as_of: dt.date, settings=None) -> DataFrame:
     """``[ID, *FEATURE_COLUMNS]`` for every user of the sources, scored at ``as_of`` (cutoff ``as_of``)."""
     return build_features_spark(read_sources_spark(spark, data_url, settings), as_of)
 
@@ -326,7 +366,7 @@ def scoring_set_spark(spark: "SparkSession", data_url: str, as_of: dt.date, sett
 # --------------------------------------------------------------------------------------------------
 
 
-def read_sources_pandas(data_url: str, settings=None) -> dict[str, "pd.DataFrame"]:
+def read_sources_pandas(data_url: str, settings=None) -> dict[str, pd.DataFrame]:
     """Read the five sources with pandas, typed like the Spark reader (dates as ``datetime64``)."""
     import pandas as pd
 
@@ -353,7 +393,7 @@ def read_sources_pandas(data_url: str, settings=None) -> dict[str, "pd.DataFrame
     return frames
 
 
-def _clean_string_pandas(series: "pd.Series", upper: bool = False) -> "pd.Series":
+def _clean_string_pandas(series: pd.Series, upper: bool = False) -> pd.Series:
     import pandas as pd
 
     s = series.astype("string").str.strip()
@@ -363,7 +403,7 @@ def _clean_string_pandas(series: "pd.Series", upper: bool = False) -> "pd.Series
     return s.astype(object).where(s.notna(), None)
 
 
-def _latest_snapshot_pandas(df: "pd.DataFrame", cutoff: dt.date) -> "pd.DataFrame | None":
+def _latest_snapshot_pandas(df: pd.DataFrame, cutoff: dt.date) -> pd.DataFrame | None:
     import pandas as pd
 
     if SNAPSHOT_DATE not in df.columns:
@@ -373,7 +413,7 @@ def _latest_snapshot_pandas(df: "pd.DataFrame", cutoff: dt.date) -> "pd.DataFram
     return dated.drop_duplicates(ID, keep="last")
 
 
-def build_features_pandas(sources: dict[str, "pd.DataFrame"], cutoff: dt.date) -> "pd.DataFrame":
+def build_features_pandas(sources: dict[str, pd.DataFrame], cutoff: dt.date) -> pd.DataFrame:
     """The pandas twin of :func:`build_features_spark` (same columns and values) for small inputs."""
     import numpy as np
     import pandas as pd
@@ -455,7 +495,7 @@ def build_features_pandas(sources: dict[str, "pd.DataFrame"], cutoff: dt.date) -
     return out.reset_index(drop=True)
 
 
-def build_labels_pandas(sources: dict[str, "pd.DataFrame"], cutoff: dt.date, as_of: dt.date) -> "pd.DataFrame":
+def build_labels_pandas(sources: dict[str, pd.DataFrame], cutoff: dt.date, as_of: dt.date) -> pd.DataFrame:
     """The pandas twin of :func:`build_labels_spark`."""
     import pandas as pd
 
@@ -468,7 +508,7 @@ def build_labels_pandas(sources: dict[str, "pd.DataFrame"], cutoff: dt.date, as_
     return pd.DataFrame({ID: users.to_numpy(), LABEL: users.isin(payers).astype("int64").to_numpy()})
 
 
-def population_pandas(sources: dict[str, "pd.DataFrame"], cutoff: dt.date) -> "pd.Series":
+def population_pandas(sources: dict[str, pd.DataFrame], cutoff: dt.date) -> pd.Series:
     """The pandas twin of :func:`population_spark` (the ids, as an int64 Series)."""
     import pandas as pd
 
@@ -484,7 +524,7 @@ def population_pandas(sources: dict[str, "pd.DataFrame"], cutoff: dt.date) -> "p
     return users[users.isin(known)].reset_index(drop=True)
 
 
-def training_set_pandas(data_url: str, as_of: dt.date, settings=None) -> "pd.DataFrame":
+def training_set_pandas(data_url: str, as_of: dt.date, settings=None) -> pd.DataFrame:
     """The pandas twin of :func:`training_set_spark` (small inputs: tests, notebooks, references)."""
     sources = read_sources_pandas(data_url, settings)
     cutoff = training_cutoff(as_of)
@@ -494,6 +534,6 @@ def training_set_pandas(data_url: str, as_of: dt.date, settings=None) -> "pd.Dat
     return features.merge(labels, on=ID, how="inner").reset_index(drop=True)
 
 
-def scoring_set_pandas(data_url: str, as_of: dt.date, settings=None) -> "pd.DataFrame":
+def scoring_set_pandas(data_url: str, as_of: dt.date, settings=None) -> pd.DataFrame:
     """The pandas twin of :func:`scoring_set_spark`."""
     return build_features_pandas(read_sources_pandas(data_url, settings), as_of)

@@ -93,7 +93,9 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def p_no_payment(lam: np.ndarray, kappa: np.ndarray, rho: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+def p_no_payment(
+    lam: np.ndarray, kappa: np.ndarray, rho: np.ndarray, t: float
+) -> tuple[np.ndarray, np.ndarray]:
     """P(no payment during ``t`` days) starting active, and starting dormant.
 
     The chain {active, dormant} with generator [[-kappa, kappa], [rho, -rho]] is killed at rate ``lam``
@@ -204,10 +206,15 @@ def simulate_chunk(rng: np.random.Generator, ids: np.ndarray, scenario: Scenario
     # bucket b covers [HISTORY_DAYS - 30(b+1), HISTORY_DAYS - 30b); snapshot k is dated HISTORY_DAYS - 30k
     n_buckets = SNAPSHOTS + 2
     bucket_hi = HISTORY_DAYS - SNAPSHOT_EVERY_DAYS * np.arange(n_buckets)
-    exists = np.stack([np.clip(bucket_hi[b] - np.maximum(signup, bucket_hi[b] - 30), 0, 30) for b in range(n_buckets)], 1)
-    f_active = np.stack(
-        [_overlap(starts, ends, active, bucket_hi[b] - 30, bucket_hi[b]) for b in range(n_buckets)], 1
-    ) / SNAPSHOT_EVERY_DAYS
+    exists = np.stack(
+        [np.clip(bucket_hi[b] - np.maximum(signup, bucket_hi[b] - 30), 0, 30) for b in range(n_buckets)], 1
+    )
+    f_active = (
+        np.stack(
+            [_overlap(starts, ends, active, bucket_hi[b] - 30, bucket_hi[b]) for b in range(n_buckets)], 1
+        )
+        / SNAPSHOT_EVERY_DAYS
+    )
     p_login_active = _sigmoid(0.3 + 0.6 * z)
     p_login = f_active * p_login_active[:, None] + (exists / 30 - f_active).clip(0, None) * 0.02
     mp_days = rng.binomial(30, np.clip(p_login, 0, 1))
@@ -346,7 +353,9 @@ def _tables(chunk: dict, start: dt.date, dated: bool) -> dict:
     parts: dict[str, list] = {"active_user": [], "dinero_cuenta": [], "marketplace": []}
     for snap in snaps:
         idx = snap["idx"]
-        extra = {SNAPSHOT_DATE: _date32(np.full(len(idx), snap["date"], dtype="float64"), start)} if dated else {}
+        extra = (
+            {SNAPSHOT_DATE: _date32(np.full(len(idx), snap["date"], dtype="float64"), start)} if dated else {}
+        )
         parts["active_user"].append(
             pa.table(
                 {
@@ -456,7 +465,10 @@ def simulate_sources(
     started = time.perf_counter()
     start = as_of - dt.timedelta(days=HISTORY_DAYS)
     snap_cols = [SNAPSHOT_DATE] if dated_snapshots else []
-    columns = {k: SOURCE_COLUMNS[k] + (snap_cols if k in ("active_user", "dinero_cuenta", "marketplace") else []) for k in SOURCE_FILES}
+    columns = {
+        k: SOURCE_COLUMNS[k] + (snap_cols if k in ("active_user", "dinero_cuenta", "marketplace") else [])
+        for k in SOURCE_FILES
+    }
     columns["outcomes"] = [ID, "p_true", "active_next_60d"]
     names = {**SOURCE_FILES, "outcomes": OUTCOMES_FILE}
     sinks = {k: _CsvSink(join(out, names[k]), columns[k], settings) for k in names}

@@ -120,7 +120,7 @@ def is_remote(data_url: str) -> bool:
 def local_path(data_url: str) -> Path:
     """The local folder of a local path or file:// URL."""
     text = str(data_url)
-    return Path(text[len("file://") :] if text.startswith("file://") else text)
+    return Path(text.removeprefix("file://"))
 
 
 def localize(data_url: str, settings: Settings | None = None, dest: Path | None = None) -> Path:
@@ -153,7 +153,9 @@ def read_header(data_url: str, source: str, settings: Settings | None = None) ->
     url = source_url(data_url, source)
     fs, path = filesystem(url, settings)
     if not fs.exists(path):
-        raise FileNotFoundError(f"churn source {SOURCE_FILES.get(source, source)} is missing under {data_url}")
+        raise FileNotFoundError(
+            f"churn source {SOURCE_FILES.get(source, source)} is missing under {data_url}"
+        )
     with fs.open(path, "rb") as fh:
         first = fh.readline().decode("utf-8-sig").strip()
     return [c.strip().strip('"') for c in first.split(",")] if first else []

@@ -27,7 +27,6 @@ from kpi.churn.sources import (
     ID,
     SNAPSHOT_DATE,
     SNAPSHOT_SOURCES,
-    SOURCE_COLUMNS,
     SOURCE_FILES,
     USER_BASE,
     read_header,
@@ -101,7 +100,11 @@ def source_rules(source: str, columns: list[str]) -> list[Rule]:
     dated = SNAPSHOT_DATE in columns
     rules = [
         # the header was checked already (unexpected columns included); parsed twins are added beside
-        Rule(None, f"columns must include {columns}", E.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=False)),
+        Rule(
+            None,
+            f"columns must include {columns}",
+            E.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=False),
+        ),
         Rule(None, "file must not be empty", E.ExpectTableRowCountToBeBetween(min_value=1)),
     ]
     for col in [*REQUIRED[source], *([SNAPSHOT_DATE] if dated else [])]:
@@ -109,48 +112,84 @@ def source_rules(source: str, columns: list[str]) -> list[Rule]:
     for col in columns:
         kind = types[col]
         if kind in TYPE_PATTERNS:
-            label = {"id": "an integer id", "int": "an integer", "float": "a number", "date": "a date YYYY-MM-DD"}[kind]
-            rules.append(Rule(col, f"must be {label}", E.ExpectColumnValuesToMatchRegex(column=col, regex=TYPE_PATTERNS[kind])))
+            label = {
+                "id": "an integer id",
+                "int": "an integer",
+                "float": "a number",
+                "date": "a date YYYY-MM-DD",
+            }[kind]
+            rules.append(
+                Rule(
+                    col,
+                    f"must be {label}",
+                    E.ExpectColumnValuesToMatchRegex(column=col, regex=TYPE_PATTERNS[kind]),
+                )
+            )
     for col, (lo, hi) in RANGES.get(source, {}).items():
         rules.append(
-            Rule(col, f"must be between {lo} and {hi}",
-                 E.ExpectColumnValuesToBeBetween(column=typed_name(col), min_value=lo, max_value=hi))
+            Rule(
+                col,
+                f"must be between {lo} and {hi}",
+                E.ExpectColumnValuesToBeBetween(column=typed_name(col), min_value=lo, max_value=hi),
+            )
         )
     for col in columns:
         if types[col] == "date":
             rules.append(
-                Rule(col, f"must be a date between {DATE_RANGE[0]:%Y-%m-%d} and {DATE_RANGE[1]:%Y-%m-%d}",
-                     E.ExpectColumnValuesToBeBetween(column=typed_name(col), min_value=DATE_RANGE[0],
-                                                     max_value=DATE_RANGE[1]))
+                Rule(
+                    col,
+                    f"must be a date between {DATE_RANGE[0]:%Y-%m-%d} and {DATE_RANGE[1]:%Y-%m-%d}",
+                    E.ExpectColumnValuesToBeBetween(
+                        column=typed_name(col), min_value=DATE_RANGE[0], max_value=DATE_RANGE[1]
+                    ),
+                )
             )
     for col, allowed in VALUE_SETS.get(source, {}).items():
-        rules.append(Rule(col, f"must be one of {allowed}", E.ExpectColumnValuesToBeInSet(column=col, value_set=allowed)))
+        rules.append(
+            Rule(
+                col, f"must be one of {allowed}", E.ExpectColumnValuesToBeInSet(column=col, value_set=allowed)
+            )
+        )
     if source == USER_BASE or (source in SNAPSHOT_SOURCES and not dated):
         rules.append(Rule(ID, "ids must be unique", E.ExpectColumnValuesToBeUnique(column=ID)))
     elif dated:
         rules.append(
-            Rule(ID, f"({ID}, {SNAPSHOT_DATE}) must be unique",
-                 E.ExpectCompoundColumnsToBeUnique(column_list=[ID, SNAPSHOT_DATE]))
+            Rule(
+                ID,
+                f"({ID}, {SNAPSHOT_DATE}) must be unique",
+                E.ExpectCompoundColumnsToBeUnique(column_list=[ID, SNAPSHOT_DATE]),
+            )
         )
     if dated and source in BEFORE_SNAPSHOT:
         col = BEFORE_SNAPSHOT[source]
         rules.append(
-            Rule(col, f"must be before {SNAPSHOT_DATE} (a snapshot describes only its past)",
-                 E.ExpectColumnPairValuesAToBeGreaterThanB(column_A=typed_name(SNAPSHOT_DATE), column_B=typed_name(col),
-                                                           or_equal=False,
-                                                           ignore_row_if="either_value_is_missing"))
+            Rule(
+                col,
+                f"must be before {SNAPSHOT_DATE} (a snapshot describes only its past)",
+                E.ExpectColumnPairValuesAToBeGreaterThanB(
+                    column_A=typed_name(SNAPSHOT_DATE),
+                    column_B=typed_name(col),
+                    or_equal=False,
+                    ignore_row_if="either_value_is_missing",
+                ),
+            )
         )
     if source != USER_BASE:
         rules.append(
-            Rule(ID, f"ids must exist in the user base {SOURCE_FILES[USER_BASE]}",
-                 E.ExpectColumnValuesToBeInSet(column=IN_USER_BASE, value_set=[True]))
+            Rule(
+                ID,
+                f"ids must exist in the user base {SOURCE_FILES[USER_BASE]}",
+                E.ExpectColumnValuesToBeInSet(column=IN_USER_BASE, value_set=[True]),
+            )
         )
     for r in rules:
         r.expectation.meta = {"file": SOURCE_FILES[source], "column": r.column, "rule": r.rule}
     return rules
 
 
-def _read_text(data_url: str, source: str, header: list[str], max_rows: int, settings) -> tuple[Any, int, int]:
+def _read_text(
+    data_url: str, source: str, header: list[str], max_rows: int, settings
+) -> tuple[Any, int, int]:
     """The file as a pandas frame of text (None for empty values); a systematic sample above max_rows.
 
     Returns:
@@ -163,7 +202,9 @@ def _read_text(data_url: str, source: str, header: list[str], max_rows: int, set
 
     fs, path = filesystem(source_url(data_url, source), settings)
     convert = pacsv.ConvertOptions(
-        column_types={c: pa.string() for c in header}, strings_can_be_null=True, null_values=[""],
+        column_types={c: pa.string() for c in header},
+        strings_can_be_null=True,
+        null_values=[""],
         quoted_strings_can_be_null=True,
     )
     read = pacsv.ReadOptions(block_size=1 << 22)
@@ -221,7 +262,9 @@ def _message(item) -> str:
     return f"{where}: {meta.get('rule')}{detail}"
 
 
-def validate_sources(data_url: str, settings: Settings | None = None, max_rows: int = DEFAULT_MAX_ROWS) -> dict:
+def validate_sources(
+    data_url: str, settings: Settings | None = None, max_rows: int = DEFAULT_MAX_ROWS
+) -> dict:
     """Validate the five sources under ``data_url``; store the GE results; never raises on bad data.
 
     Returns:
@@ -284,17 +327,26 @@ def validate_sources(data_url: str, settings: Settings | None = None, max_rows: 
             else:
                 ids = typed[ID]
                 checked[IN_USER_BASE] = ids.isin(user_ids) | ids.isna()
-        suite = context.suites.add(gx.ExpectationSuite(name=f"churn_{source}", expectations=[r.expectation for r in rules]))
+        suite = context.suites.add(
+            gx.ExpectationSuite(name=f"churn_{source}", expectations=[r.expectation for r in rules])
+        )
         asset = datasource.add_dataframe_asset(name=source)
         batch = asset.add_batch_definition_whole_dataframe(f"{source}_all")
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"churn_{source}", data=batch, suite=suite))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"churn_{source}", data=batch, suite=suite)
+        )
         outcome = definition.run(
             batch_parameters={"dataframe": checked},
             result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
         )
         file_failures = [_message(item) for item in outcome.results if not item.success]
         failures += file_failures
-        files[name] = {"rows": rows, "sample_step": step, "rules": len(rules), "failed_rules": len(file_failures)}
+        files[name] = {
+            "rows": rows,
+            "sample_step": step,
+            "rules": len(rules),
+            "failed_rules": len(file_failures),
+        }
         results[name] = outcome.to_json_dict()
 
     success = not failures
@@ -309,12 +361,18 @@ def validate_sources(data_url: str, settings: Settings | None = None, max_rows: 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     key = version or f"invalid-{stamp}"
     results_url = join(settings.resolved_storage_url, "churn", "source-validation", f"{key}.json")
-    write_text(results_url, json.dumps({**summary, "validated_at": stamp, "results": results}, indent=1, default=str), settings)
+    write_text(
+        results_url,
+        json.dumps({**summary, "validated_at": stamp, "results": results}, indent=1, default=str),
+        settings,
+    )
     summary["results_url"] = results_url
     return summary
 
 
-def assert_valid_sources(data_url: str, settings: Settings | None = None, max_rows: int = DEFAULT_MAX_ROWS) -> dict:
+def assert_valid_sources(
+    data_url: str, settings: Settings | None = None, max_rows: int = DEFAULT_MAX_ROWS
+) -> dict:
     """Validate like :func:`validate_sources` and raise :class:`SourceValidationError` on any failure."""
     summary = validate_sources(data_url, settings, max_rows=max_rows)
     if not summary["success"]:
