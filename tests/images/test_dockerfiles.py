@@ -106,3 +106,24 @@ def test_the_spark_image_holds_the_job_the_spark_application_runs():
     assert "local:///opt/kpi/pipelines/kpi/churn/job.py" in values
     # hadoop-aws must match the Hadoop bundled with Spark: the build checks it, and the checksum of each jar
     assert 'hadoop-client-api-${HADOOP_VERSION}.jar' in text and "sha1sum -c" in text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_copied_path_exists_and_is_let_through_the_dockerignore(name):
+    text = (IMAGES / name / "Dockerfile").read_text()
+    ignore = (IMAGES / name / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, flags=re.M):
+        sources = [s for s in line.split()[:-1] if not s.startswith("--")]
+        for source in sources:
+            # README.md is composed by the coordinator; `task images` checks it before building
+            if source != "README.md":
+                assert (ROOT / source).exists(), f"images/{name}: COPY {source} does not exist"
+            assert any(source == a or source.startswith(a + "/") for a in allowed), (
+                f"images/{name}: {source} is excluded by Dockerfile.dockerignore")
+
+
+def test_the_dashboard_image_runs_the_dashboard_app():
+    text = (IMAGES / "dashboard" / "Dockerfile").read_text()
+    entry = re.search(r'^ENTRYPOINT \["streamlit", "run", "/opt/kpi/(.+?)"\]', text, flags=re.M).group(1)
+    assert (ROOT / entry).exists()
