@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.dashboard.conftest import page_text
+from .conftest import page_text
 
 RUNS = [
     # run_id, logical_date, status, gate, raw_rows, valid, quarantined, reject_share

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dashboard.conftest import closed_port, page_text
+from .conftest import closed_port, page_text
 
 PAGES = ["views/score.py", "views/batch.py", "views/model.py", "views/monitoring.py"]
 

@@ -29,7 +29,7 @@ class StoreUnavailable(RuntimeError):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without its password, safe to show on a page."""
     if "@" not in url or "://" not in url:
         return url
@@ -65,7 +65,7 @@ def query_frame(settings: Settings, sql: str, params: tuple | dict | None = None
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise StoreUnavailable(
-            f"the warehouse at {_redact(url)} is unreachable ({reason}); start it (`task dashboard` "
+            f"the warehouse at {redact_url(url)} is unreachable ({reason}); start it (`task dashboard` "
             "starts the demo's embedded Postgres) or fix KPI_DATABASE_URL"
         ) from exc
     try:
@@ -77,11 +77,11 @@ def query_frame(settings: Settings, sql: str, params: tuple | dict | None = None
             return pd.DataFrame(cur.fetchall(), columns=columns)
     except psycopg.errors.UndefinedTable as exc:
         raise StoreUnavailable(
-            f"the warehouse at {_redact(url)} lacks a table ({str(exc).splitlines()[0]}); "
+            f"the warehouse at {redact_url(url)} lacks a table ({str(exc).splitlines()[0]}); "
             "run `kpi db init` (or `task demo`) to create it"
         ) from exc
     except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"the warehouse at {_redact(url)} failed: {str(exc).strip()}") from exc
+        raise StoreUnavailable(f"the warehouse at {redact_url(url)} failed: {str(exc).strip()}") from exc
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -154,10 +154,13 @@ def champion_version(settings: Settings) -> str | None:
 
     client = mlflow_client(settings)
     try:
-        mv = _mlflow_call("the champion alias", settings, client.get_model_version_by_alias,
-                          settings.churn_model_name, settings.churn_champion_alias)
-    except MlflowException:
-        return None  # model or alias not registered yet
+        mv = client.get_model_version_by_alias(settings.churn_model_name, settings.churn_champion_alias)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None  # model or alias not registered yet
+        raise StoreUnavailable(
+            f"MLflow at {settings.resolved_mlflow_uri} failed while reading the champion alias: {exc.message}"
+        ) from exc
     return str(mv.version)
 
 

@@ -161,13 +161,15 @@ def form_frame(fields: list[FormField], values: Mapping[str, Any]) -> pd.DataFra
 
 
 def _typed_frame(fields: list[FormField], rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=[f.name for f in fields])
+    # one numpy array per column: far cheaper than per-column astype on the single-prediction path
+    data = {}
     for spec in fields:
+        values = [r.get(spec.name) for r in rows]
         if spec.kind == "category":
-            frame[spec.name] = frame[spec.name].astype(object)
+            data[spec.name] = np.array(values, dtype=object)
         else:
-            frame[spec.name] = frame[spec.name].astype("float64")
-    return frame
+            data[spec.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return pd.DataFrame(data, columns=[f.name for f in fields])
 
 
 def score_one(model, row: pd.DataFrame) -> float:

@@ -1,0 +1,133 @@
+"""Latency of one prediction as the dashboard makes it: in-process, on the JVM-free champion.
+
+Two figures over the same inputs (distinct users drawn inside the training ranges):
+- ``model_call``: ``ChurnModel.predict_proba`` on a one-row DataFrame;
+- ``dashboard_path``: what the "Score a user" page does after a submit, i.e. check the form values
+  field by field, build the one-row frame, and score it (``kpi.dashboard.scoring``).
+SHAP is excluded (the target is about the score). Target: p99 < 5 ms for ``dashboard_path``.
+
+The champion comes from the settings' MLflow store (by default the demo's, under ``.kpi``; run `task demo`
+first), or from ``--home DIR`` (a KPI_HOME whose ``mlflow.db`` holds a champion).
+
+Run: .venv/bin/python benchmarks/dashboard_latency.py [--iterations 5000] [--home .kpi]
+Writes benchmarks/results/dashboard_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "dashboard_latency.json"
+TARGET_P99_MS = 5.0
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+def summary(samples_ns: list[int]) -> dict[str, float]:
+    ms = sorted(s / 1e6 for s in samples_ns)
+    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 4), "p90_ms": round(percentile(ms, 90), 4),
+            "p99_ms": round(percentile(ms, 99), 4), "max_ms": round(ms[-1], 4),
+            "mean_ms": round(statistics.fmean(ms), 4)}
+
+
+def user_inputs(fields, count: int, seed: int = 7) -> list[dict]:
+    """Distinct form inputs inside the training ranges (categories drawn from the known ones)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        values = {}
+        for f in fields:
+            if f.kind == "category":
+                values[f.name] = rng.choice(f.categories) if f.categories else None
+            else:
+                lo = f.minimum if f.minimum is not None else 0.0
+                hi = f.maximum if f.maximum is not None else lo + 1.0
+                values[f.name] = rng.uniform(lo, hi)
+        out.append(values)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="single-prediction latency of the dashboard's champion")
+    parser.add_argument("--iterations", type=int, default=5000)
+    parser.add_argument("--home", help="KPI_HOME holding the MLflow store (default: the settings')")
+    args = parser.parse_args(argv)
+    if args.home:
+        os.environ["KPI_HOME"] = str(Path(args.home).resolve())
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+    from kpi.churn.registry import load_champion
+    from kpi.dashboard.reports import StoreUnavailable, check_mlflow
+    from kpi.dashboard.scoring import form_fields, form_frame, score_one
+    from kpi.settings import reload_settings
+
+    settings = reload_settings()
+    try:
+        check_mlflow(settings)
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    champ = load_champion(settings)
+    load_seconds = time.perf_counter() - started
+    if champ is None:
+        print(f"error: no champion in {settings.resolved_mlflow_uri}; run `task demo` first", file=sys.stderr)
+        return 1
+    fields = form_fields(champ.model.input_schema())
+    inputs = user_inputs(fields, 500)
+    frames = [form_frame(fields, v) for v in inputs]
+
+    for i in range(200):  # warm-up: first calls pay for lazy imports and caches
+        score_one(champ.model, frames[i % len(frames)])
+    model_ns, path_ns = [], []
+    for i in range(args.iterations):
+        frame = frames[i % len(frames)]
+        t0 = time.perf_counter_ns()
+        champ.model.predict_proba(frame)
+        model_ns.append(time.perf_counter_ns() - t0)
+        values = inputs[i % len(inputs)]
+        t0 = time.perf_counter_ns()
+        score_one(champ.model, form_frame(fields, values))
+        path_ns.append(time.perf_counter_ns() - t0)
+
+    result = {
+        "benchmark": "dashboard single-prediction latency (SHAP excluded)",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "champion": {"name": champ.name, "version": champ.version, "run_id": champ.run_id,
+                     "features": len(champ.model.feature_names), "load_seconds": round(load_seconds, 3)},
+        "iterations": args.iterations,
+        "model_call": summary(model_ns),
+        "dashboard_path": summary(path_ns),
+        "target_p99_ms": TARGET_P99_MS,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_avg_1m": round(os.getloadavg()[0], 2), "platform": platform.platform()},
+    }
+    result["meets_target"] = result["dashboard_path"]["p99_ms"] < TARGET_P99_MS
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    for name in ("model_call", "dashboard_path"):
+        s = result[name]
+        print(f"{name:15s} n={s['n']}  p50 {s['p50_ms']:.3f} ms  p90 {s['p90_ms']:.3f} ms  "
+              f"p99 {s['p99_ms']:.3f} ms  max {s['max_ms']:.3f} ms")
+    print(f"target p99 < {TARGET_P99_MS} ms on the dashboard path: "
+          f"{'met' if result['meets_target'] else 'NOT met'} (load avg {result['machine']['load_avg_1m']}); "
+          f"wrote {RESULT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""`task dashboard`: serve the Streamlit app on 127.0.0.1 against the demo's stores.
+
+Starts the demo's embedded Postgres (``<KPI_HOME>/postgres`` on port 55432, see :mod:`kpi.local`) unless
+``KPI_DATABASE_URL`` points elsewhere, runs ``streamlit run dashboard/app.py`` with MLflow and storage on
+the same ``KPI_HOME``, and stops Postgres when Streamlit exits (Ctrl-C included).
+
+Usage: ``python -m kpi.dashboard.serve [--port 8501] [--address 127.0.0.1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parents[3] / "dashboard" / "app.py"
+
+
+def streamlit_command(app: Path, address: str, port: int) -> list[str]:
+    """The ``streamlit run`` command line for ``app`` on ``address:port`` (headless, no telemetry)."""
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", address,
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+
+
+def store_environment(settings) -> dict[str, str]:
+    """Environment that points the app at the same stores as ``settings`` (absolute, explicit)."""
+    env = {
+        "KPI_HOME": str(settings.home_dir),
+        "KPI_STORAGE_URL": settings.resolved_storage_url,
+        "MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
+    }
+    if settings.database_url:
+        env["KPI_DATABASE_URL"] = settings.database_url
+    return env
+
+
+def serve(address: str = "127.0.0.1", port: int = 8501) -> int:
+    """Run the dashboard until it exits; return Streamlit's exit code."""
+    from kpi.local import local_services
+
+    if not (APP.parent / "views").is_dir():
+        raise SystemExit(f"dashboard sources not found next to the package ({APP}); run from a checkout")
+    with local_services() as settings:
+        env = {**os.environ, **store_environment(settings)}
+        if not Path(settings.resolved_mlflow_uri.removeprefix("sqlite:///")).exists() and \
+                settings.resolved_mlflow_uri.startswith("sqlite:///"):
+            print(f"note: no MLflow store at {settings.resolved_mlflow_uri} yet; run `task demo` first "
+                  "(the pages say so too)", file=sys.stderr)
+        print(f"dashboard: http://{address}:{port}  (stores under {settings.home_dir}; Ctrl-C stops it "
+              "and the embedded Postgres)", file=sys.stderr, flush=True)
+        proc = subprocess.Popen(streamlit_command(APP, address, port), env=env)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # the terminal's Ctrl-C reached Streamlit too; give it a moment to close, then Postgres stops
+            proc.send_signal(signal.SIGINT)
+            try:
+                return proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8501)
+    args = parser.parse_args(argv)
+    return serve(args.address, args.port)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
