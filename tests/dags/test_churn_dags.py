@@ -199,12 +199,3 @@ def test_training_then_drift_monitor_dags_on_the_local_backend(dag_env, churn_so
     report = json.loads(storage.read_bytes(result["json_url"], dag_env))
     assert report["drift_share"] == result["drift_share"] >= dag_env.churn_drift_threshold
 
-
-@pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory):
-    """TEMPORARY until tests/dags/conftest.py provides it: a migrated Airflow home for this process."""
-    from kpi.crypto.airflow_local import activate_airflow_home, prepare_airflow_home
-
-    env = prepare_airflow_home(tmp_path_factory.mktemp("airflow"))
-    activate_airflow_home(env)
-    return env
