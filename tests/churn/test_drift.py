@@ -119,6 +119,8 @@ def test_run_drift_writes_reports_to_file_storage_and_logs_to_mlflow(drift_env, 
     latest = [r for r in runs if r.info.run_id == result["mlflow_run_id"]][0]
     assert latest.data.metrics["drift_share"] == pytest.approx(result["drift_share"])
     assert latest.data.metrics["drift_detected"] == 1.0
+    # artifacts of a local store stay under a KPI home, never in the current directory
+    assert "/mlartifacts/churn-monitoring/" in latest.info.artifact_uri
 
 
 @pytest.mark.slow

@@ -183,10 +183,16 @@ def log_to_mlflow(settings: Settings, summary: dict[str, Any], context: dict[str
     """Record drift share and detection in the ``churn-monitoring`` experiment; return the run id."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=settings.resolved_mlflow_uri)
+    uri = settings.resolved_mlflow_uri
+    client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(MONITORING_EXPERIMENT))
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        # a local store would otherwise put artifacts under ./mlruns of whatever the current directory is
+        local = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+        location = (settings.home_dir / "mlartifacts" / MONITORING_EXPERIMENT).as_uri() if local else None
+        experiment_id = client.create_experiment(MONITORING_EXPERIMENT, artifact_location=location)
     run = client.create_run(
         experiment_id,
         run_name=f"drift-{context['as_of']}",
