@@ -57,7 +57,7 @@ def mlflow_server(manifests, tmp_path_factory):
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # a slow graceful shutdown is not what this test checks
             proc.kill()
             proc.wait(timeout=10)

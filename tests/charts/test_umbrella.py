@@ -314,6 +314,7 @@ def test_a_changed_platform_setting_rolls_the_dashboard(umbrella):
     assert after["checksum/config"] == before["checksum/config"]
 
 
+@pytest.mark.slow  # imports Airflow's API server package
 def test_airflow_api_server_keeps_the_generated_admin_password(manifests, tmp_path, monkeypatch):
     """SimpleAuthManager, as the API server runs it, reads the password our Secret carries (the init
     container copies the Secret's passwords.json to a writable file, which is what the manager needs)."""
