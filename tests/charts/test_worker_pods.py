@@ -19,6 +19,23 @@ from .platform import KUBE_VERSION, RELEASE, ROOT
 DAGS_DIR = ROOT / "pipelines" / "kpi" / "dags"
 
 
+def _unknown_fields(value, schema: dict, path: str = "") -> list[str]:
+    """Fields the API server would drop or refuse under strict field validation (not in the CRD schema)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    unknown = []
+    if isinstance(value, dict) and "properties" in schema:
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                unknown.append(f"{path}.{key}")
+            else:
+                unknown += _unknown_fields(item, schema["properties"][key], f"{path}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            unknown += _unknown_fields(item, schema["items"], f"{path}[{i}]")
+    return unknown
+
+
 def _named(manifests, kind, name):
     return next(o for o in manifests if o["kind"] == kind and o["metadata"]["name"] == name)
 
@@ -100,6 +117,7 @@ def test_the_churn_spark_application_validates_against_the_operator_crd(manifest
         monkeypatch.undo()
         reload_settings()
     jsonschema.validate(app, schema)
+    assert _unknown_fields(app, schema) == []
     assert app["apiVersion"] == "sparkoperator.k8s.io/v1beta2" and app["metadata"]["namespace"] == "kpi"
     assert app["spec"]["image"] == settings_map["KPI_SPARK_IMAGE"]
     assert app["spec"]["mainApplicationFile"] == "local:///opt/kpi/pipelines/kpi/churn/job.py"
