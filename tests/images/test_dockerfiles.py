@@ -127,3 +127,13 @@ def test_the_dashboard_image_runs_the_dashboard_app():
     text = (IMAGES / "dashboard" / "Dockerfile").read_text()
     entry = re.search(r'^ENTRYPOINT \["streamlit", "run", "/opt/kpi/(.+?)"\]', text, flags=re.M).group(1)
     assert (ROOT / entry).exists()
+
+
+def test_hadoop_aws_matches_the_hadoop_that_spark_bundles():
+    """The locked pyspark carries the same Spark 4.0 jars as the image: its hadoop-client-api names the
+    Hadoop that hadoop-aws must equal (the image build checks its own Spark again)."""
+    pyspark = pytest.importorskip("pyspark")
+    jars = Path(pyspark.__file__).parent / "jars"
+    bundled = {re.match(r"hadoop-client-api-(.+)\.jar", p.name).group(1) for p in jars.glob("hadoop-client-api-*.jar")}
+    declared = re.search(r"^ARG HADOOP_VERSION=(\S+)", (IMAGES / "spark" / "Dockerfile").read_text(), flags=re.M).group(1)
+    assert bundled == {declared}
