@@ -113,7 +113,7 @@ def test_every_copied_path_exists_and_is_let_through_the_dockerignore(name):
     text = (IMAGES / name / "Dockerfile").read_text()
     ignore = (IMAGES / name / "Dockerfile.dockerignore").read_text().splitlines()
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, flags=re.M):
+    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, flags=re.MULTILINE):
         sources = [s for s in line.split()[:-1] if not s.startswith("--")]
         for source in sources:
             # README.md is composed by the coordinator; `task images` checks it before building
@@ -125,7 +125,7 @@ def test_every_copied_path_exists_and_is_let_through_the_dockerignore(name):
 
 def test_the_dashboard_image_runs_the_dashboard_app():
     text = (IMAGES / "dashboard" / "Dockerfile").read_text()
-    entry = re.search(r'^ENTRYPOINT \["streamlit", "run", "/opt/kpi/(.+?)"\]', text, flags=re.M).group(1)
+    entry = re.search(r'^ENTRYPOINT \["streamlit", "run", "/opt/kpi/(.+?)"\]', text, flags=re.MULTILINE).group(1)
     assert (ROOT / entry).exists()
 
 
@@ -135,5 +135,5 @@ def test_hadoop_aws_matches_the_hadoop_that_spark_bundles():
     pyspark = pytest.importorskip("pyspark")
     jars = Path(pyspark.__file__).parent / "jars"
     bundled = {re.match(r"hadoop-client-api-(.+)\.jar", p.name).group(1) for p in jars.glob("hadoop-client-api-*.jar")}
-    declared = re.search(r"^ARG HADOOP_VERSION=(\S+)", (IMAGES / "spark" / "Dockerfile").read_text(), flags=re.M).group(1)
+    declared = re.search(r"^ARG HADOOP_VERSION=(\S+)", (IMAGES / "spark" / "Dockerfile").read_text(), flags=re.MULTILINE).group(1)
     assert bundled == {declared}
