@@ -331,3 +331,16 @@ def test_airflow_api_server_keeps_the_generated_admin_password(manifests, tmp_pa
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
     SimpleAuthManager().init()
     assert SimpleAuthManager.get_passwords() == {"admin": secret["stringData"]["admin-password"]}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_worker_pods_and_the_bootstrap_job_run_the_airflow_chart_image(manifests, env):
+    airflow = yaml.safe_load((UMBRELLA / "values.yaml").read_text())["airflow"]["images"]["airflow"]
+    airflow = {**airflow, **((yaml.safe_load(ENVIRONMENTS[env].read_text()) or {}).get("airflow", {})
+                             .get("images", {}).get("airflow", {}))}
+    expected = f"{airflow['repository']}:{airflow['tag']}"
+    template = next(o for o in manifests[env] if o["metadata"]["name"] == f"{RELEASE}-worker-pod-template")
+    worker = yaml.safe_load(template["data"]["pod_template.yaml"])["spec"]["containers"][0]
+    job = next(o for o in manifests[env] if o["kind"] == "Job" and o["metadata"]["name"].startswith(f"{RELEASE}-db-bootstrap"))
+    assert worker["image"] == job["spec"]["template"]["spec"]["containers"][0]["image"] == expected
+    assert worker["imagePullPolicy"] == airflow["pullPolicy"]

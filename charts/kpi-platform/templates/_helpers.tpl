@@ -34,3 +34,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "kpi.airflowWorkerServiceAccount" -}}
 {{- .Values.airflow.workers.serviceAccount.name | default (printf "%s-worker" .Release.Name) -}}
 {{- end -}}
+
+{{/* Image of the worker pods and the bootstrap Job: the Airflow chart's image unless set. */}}
+{{- define "kpi.airflowImage" -}}
+{{- $image := .Values.airflow.images.airflow -}}
+{{- .Values.airflowWorker.image | default (printf "%s:%s" $image.repository (toString $image.tag)) -}}
+{{- end -}}
+
+{{/* Its pull policy: the Airflow chart's unless set. */}}
+{{- define "kpi.airflowImagePullPolicy" -}}
+{{- .Values.airflowWorker.imagePullPolicy | default .Values.airflow.images.airflow.pullPolicy | default "IfNotPresent" -}}
+{{- end -}}

@@ -1,0 +1,149 @@
+"""Benchmark: one `kpi crypto run` over a window of ~1,000,000 raw rows (200,000 a day) vs the bare upsert.
+
+Usage: ``.venv/bin/python benchmarks/crypto_window.py [--rows-per-day 200000] [--days 5]``
+
+Starts its own embedded Postgres (unless ``KPI_DATABASE_URL`` is set), simulates the extracts and
+ingests them with the CLI in subprocesses (so this process's peak RSS is the run's), then times in this
+process: the full gated run (stage, GE validation in Postgres, quarantine, publish) and, on the same
+database, the lower bound: one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` of the already typed rows
+into an empty copy of prod. Writes ``benchmarks/results/crypto_window.json``.
+Targets (issue 2, 2-core machine): ratio <= 3, >= 50,000 rows/s, peak RSS <= 1 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "crypto_window.json"
+START = dt.date(2026, 1, 1)
+
+BARE_UPSERT = """
+INSERT INTO bench.bt_crypto_events_bare AS p (site_id, user_id, purchase_date, crypto_type, purchase_price,
+    purchase_units, purchase_value, is_active, raw_id, last_run_id)
+SELECT site_id, user_id, purchase_date, crypto_type, purchase_price, purchase_units, purchase_value, true, raw_id,
+       'bare'
+FROM bench.typed
+ON CONFLICT (site_id, user_id, purchase_date, crypto_type) DO UPDATE
+   SET purchase_price = EXCLUDED.purchase_price, purchase_units = EXCLUDED.purchase_units,
+       purchase_value = EXCLUDED.purchase_value, is_active = true, updated_at = now()
+"""
+
+
+def _kpi(env: dict, *args: str) -> dict:
+    res = subprocess.run([sys.executable, "-m", "kpi.cli", *args], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"kpi {' '.join(args)} failed: {res.stderr[-2000:]}\n{res.stdout[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows-per-day", type=int, default=200_000)
+    parser.add_argument("--days", type=int, default=5)
+    parser.add_argument("--anomaly-rate", type=float, default=0.01)
+    args = parser.parse_args()
+
+    from kpi.db import EmbeddedPostgres, init_db
+
+    work = Path(tempfile.mkdtemp(prefix="kpi-bench-crypto-"))
+    work.chmod(0o755)  # the embedded server runs as `postgres`
+    pg = None
+    url = os.environ.get("KPI_DATABASE_URL")
+    if not url:
+        pg = EmbeddedPostgres(work / "pg")
+        url = pg.start()
+    try:
+        init_db(url)
+        env = {**os.environ, "KPI_DATABASE_URL": url, "KPI_HOME": str(work / "home"),
+               "KPI_STORAGE_URL": (work / "storage").as_uri()}
+        os.environ.update({k: env[k] for k in ("KPI_DATABASE_URL", "KPI_HOME", "KPI_STORAGE_URL")})
+        end = START + dt.timedelta(days=args.days - 1)
+        began = time.perf_counter()
+        sim = _kpi(env, "crypto", "simulate", "--start", START.isoformat(), "--end", end.isoformat(),
+                   "--out", str(work / "src"), "--rows-per-day", str(args.rows_per_day),
+                   "--anomaly-rate", str(args.anomaly_rate), "--update-rate", "0", "--delete-rate", "0",
+                   "--seed", "1")
+        simulate_s = time.perf_counter() - began
+        began = time.perf_counter()
+        ingested = _kpi(env, "crypto", "ingest", str(work / "src"))
+        ingest_s = time.perf_counter() - began
+
+        from kpi.crypto.pipeline import run_window
+        from kpi.settings import reload_settings
+
+        import great_expectations  # noqa: F401 - import time is not part of the run
+
+        settings = reload_settings()
+        began = time.perf_counter()
+        summary = run_window(end, "bench-full", settings)
+        full_s = time.perf_counter() - began
+
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
+            conn.execute("DROP TABLE IF EXISTS bench.typed, bench.bt_crypto_events_bare")
+            conn.execute("CREATE TABLE bench.typed AS SELECT site_id, user_id, purchase_date, crypto_type,"
+                         " purchase_price, purchase_units, purchase_value, raw_id"
+                         " FROM staging.bt_crypto_events_candidate WHERE run_id = 'bench-full' AND status = 'valid'")
+            conn.execute("CREATE TABLE bench.bt_crypto_events_bare (LIKE prod.bt_crypto_events INCLUDING ALL)")
+            conn.execute("ANALYZE bench.typed")
+            conn.execute("CHECKPOINT")
+            began = time.perf_counter()
+            bare_rows = conn.execute(BARE_UPSERT).rowcount
+            bare_s = time.perf_counter() - began
+            conn.execute("DROP SCHEMA bench CASCADE")
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        raw_rows = summary["raw_rows"]
+        result = {
+            "benchmark": "crypto_window",
+            "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+                        "python": platform.python_version()},
+            "window": {"days": args.days, "rows_per_day": args.rows_per_day, "anomaly_rate": args.anomaly_rate},
+            "raw_rows": raw_rows,
+            "published": summary["published"], "quarantined": summary["quarantined"],
+            "superseded": summary["superseded"], "gate": summary["gate"],
+            "full_run_seconds": round(full_s, 3),
+            "full_run_steps_seconds": summary.get("seconds"),
+            "bare_upsert_seconds": round(bare_s, 3),
+            "bare_upsert_rows": bare_rows,
+            "ratio_full_to_bare": round(full_s / bare_s, 3),
+            "rows_per_second": round(raw_rows / full_s),
+            "peak_rss_bytes": peak_rss,
+            "peak_rss_mib": round(peak_rss / 2**20, 1),
+            "simulate_seconds": round(simulate_s, 3),
+            "ingest_seconds": round(ingest_s, 3),
+            "ingest_rows_per_second": round(ingested["rows"] / ingest_s),
+            "simulated_lines": sum(d["lines"] for d in sim["days"]),
+            "targets": {"ratio_full_to_bare_max": 3.0, "rows_per_second_min": 50_000, "peak_rss_mib_max": 1024},
+        }
+        result["meets_targets"] = {
+            "ratio": result["ratio_full_to_bare"] <= 3.0,
+            "rows_per_second": result["rows_per_second"] >= 50_000,
+            "peak_rss": result["peak_rss_mib"] <= 1024,
+        }
+        RESULT.parent.mkdir(parents=True, exist_ok=True)
+        RESULT.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return result
+    finally:
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
