@@ -30,6 +30,7 @@ def main() -> dict:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=None, help="Folder for the CSVs (default: a temporary folder).")
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--skip-simulate", action="store_true", help="Reuse the sources already in --out.")
     parser.add_argument("--skip-validate", action="store_true")
     parser.add_argument("--skip-features", action="store_true")
     args = parser.parse_args()
@@ -48,9 +49,14 @@ def main() -> dict:
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg()[0],
     }
-    result["simulate"] = simulate_sources(out, args.users, as_of, seed=args.seed)
+    if args.skip_simulate:
+        if not args.out:
+            parser.error("--skip-simulate needs --out")
+        result["simulate"] = {"skipped": True, "rows": {}, "seconds": None, "oracle_auc": None}
+    else:
+        result["simulate"] = simulate_sources(out, args.users, as_of, seed=args.seed)
     print(
-        f"simulate: {result['simulate']['seconds']} s, {result['simulate']['rows']['PAYMENTS.csv']} payments, "
+        f"simulate: {result['simulate']['seconds']} s, {result['simulate']['rows'].get('PAYMENTS.csv')} payments, "
         f"oracle AUC {result['simulate']['oracle_auc']}",
         flush=True,
     )
@@ -78,6 +84,7 @@ def main() -> dict:
             .appName("kpi-churn-data-bench")
             .config("spark.sql.shuffle.partitions", "8")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.memory", "3g")
             .getOrCreate()
         )
