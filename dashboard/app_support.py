@@ -87,8 +87,8 @@ def champion_caption(champ: Any) -> None:
     cols[0].metric("Champion version", str(champ.version))
     cols[1].metric("AUC", f"{champ.auc:.3f}" if champ.auc is not None else "n/a")
     trained = getattr(champ, "trained_at", None)
-    cols[2].metric("Trained", str(trained)[:19] if trained is not None else "n/a")
-    cols[3].metric("Run", str(champ.run_id)[:12])
+    cols[2].metric("Trained", str(trained)[:10] if trained else "n/a", help=f"trained at {trained}")
+    cols[3].metric("Run", str(champ.run_id)[:8], help=f"MLflow run {champ.run_id}")
 
 
 def guarded(title: str, fn, *args, **kwargs):

@@ -16,6 +16,12 @@ except ValueError as exc:
     st.stop()
 
 UNKNOWN = "(unknown)"
+
+
+def _shown(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 with st.form("score_form"):
     st.caption("Defaults are typical training values; ranges come from the champion's training data.")
     cols = st.columns(3)
@@ -31,7 +37,7 @@ with st.form("score_form"):
             values[spec.name] = col.number_input(spec.name, value=int(spec.default), step=1,
                                                  help=f"whole number {spec.range_text}", key=f"field.{spec.name}")
         else:
-            values[spec.name] = col.number_input(spec.name, value=float(spec.default), format="%.4f",
+            values[spec.name] = col.number_input(spec.name, value=float(spec.default), format="%g",
                                                  help=spec.range_text, key=f"field.{spec.name}")
     submitted = st.form_submit_button("Score", type="primary")
 
@@ -62,8 +68,8 @@ if last and last["version"] == champ.version:
         else:
             expl = expl.reindex(expl["contribution"].abs().sort_values().index)
             colors = ["#d62728" if c < 0 else "#2ca02c" for c in expl["contribution"]]
-            fig = go.Figure(go.Bar(x=expl["contribution"], y=[f"{f} = {v}" for f, v in
-                                                               zip(expl["feature"], expl["value"])],
+            fig = go.Figure(go.Bar(x=expl["contribution"], y=[f"{f} = {_shown(v)}" for f, v in
+                                                               zip(expl["feature"], expl["value"], strict=True)],
                                    orientation="h", marker_color=colors))
             base = expl.attrs.get("base_value")
             fig.update_layout(height=max(300, 24 * len(expl)), margin={"l": 10, "r": 10, "t": 30, "b": 10},

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SCREENSHOT = ROOT / "artifacts" / "dashboard" / "score-a-user.png"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1400,1900"]
+                  "--disable-dev-shm-usage", "--window-size=1400,2600"]
 
 
 def chromium_binary() -> str:
@@ -138,10 +138,13 @@ def test_a_person_scores_one_user_in_a_real_browser(dashboard_server, browser, c
     expected = score_one(champ.model, form_frame(fields, {f.name: f.default for f in fields}))
 
     browser.call("Page.enable")
-    browser.call("Page.navigate", url=f"{dashboard_server}/score")
+    browser.call("Page.navigate", url=f"{dashboard_server}/")  # "Score a user" is the default page
     submit = "document.querySelector('[data-testid=\"stFormSubmitButton\"] button')"
     wait_for(lambda: browser.evaluate(f"!!{submit}"), 120, "the scoring form's Score button")
-    assert f"Champion version\n{champ.version}" in browser.evaluate("document.body.innerText")
+    page = wait_for(lambda: (t := browser.evaluate("document.body.innerText")) and "Champion version" in t and t,
+                    60, "the champion's version, AUC and training date")
+    assert re.search(rf"Champion version\s*\n\s*{champ.version}\b", page), page[:1500]
+    assert "Page not found" not in page
     browser.evaluate(f"{submit}.click()")
 
     label = "Probability of a payment in the next 60 days"

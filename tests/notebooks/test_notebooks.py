@@ -51,7 +51,8 @@ def images(nb) -> int:
 
 def base_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPI_") and k != "MLFLOW_TRACKING_URI"}
-    env.update(KPI_ENV="test", MPLBACKEND="Agg", **values)
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend puts figures into the outputs
+    env.update(KPI_ENV="test", **values)
     return env
 
 

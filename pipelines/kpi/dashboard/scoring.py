@@ -101,7 +101,9 @@ def form_fields(schema: Mapping[str, Mapping[str, Any]]) -> list[FormField]:
             hi = None if hi is None else math.ceil(hi)
             default = round(float(default))
         else:
-            default = float(default)
+            # four decimals read better in a form; clamping keeps the rounded default inside the range
+            default = round(float(default), 4)
+            default = min(max(default, lo if lo is not None else default), hi if hi is not None else default)
         fields.append(FormField(name, kind, lo, hi, default=default))
     return fields
 

@@ -22,7 +22,8 @@ APP = Path(__file__).resolve().parents[3] / "dashboard" / "app.py"
 def streamlit_command(app: Path, address: str, port: int) -> list[str]:
     """The ``streamlit run`` command line for ``app`` on ``address:port`` (headless, no telemetry)."""
     return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", address,
-            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "minimal"]
 
 
 def store_environment(settings) -> dict[str, str]:
