@@ -1,7 +1,7 @@
 """Promotion with MLflow aliases on a real sqlite store: first model, better, worse and broken candidates.
 
 Candidates are real registered versions of real ChurnModels evaluated on the holdout of the session's
-training run: the trained model itself, a weak one-feature model fitted on that holdout, and broken ones.
+training run: the trained model itself, a weaker (noisy, recalibrated) copy of it, and broken ones.
 """
 
 from __future__ import annotations
@@ -58,16 +58,30 @@ def register(settings, model, holdout_file: Path, parity: float = 1e-16) -> int:
     return int(version.version)
 
 
-def one_feature_model(model, holdout: pd.DataFrame, feature: str):
-    """A calibrated but weak model: a logistic regression on one standardised feature of the holdout."""
-    from sklearn.linear_model import LogisticRegression
+def weakened_model(model, holdout: pd.DataFrame, seed: int = 0):
+    """A calibrated but clearly weaker model: noisy coefficients, Platt-recalibrated on the holdout.
 
-    j = model.design_columns().index((feature, ""))
-    z = model.transform(holdout)[:, [j]]
-    fit = LogisticRegression(C=1e6).fit(z, holdout["label"].astype(int))
-    coef = np.zeros(len(model.coefficients))
-    coef[j] = fit.coef_[0, 0]
-    return dataclasses.replace(model, coefficients=coef.tolist(), intercept=float(fit.intercept_[0]))
+    The noise grows until the holdout AUC is at least 0.03 below the trained model's but still >= 0.65,
+    so the weak model passes the guardrails (AUC, calibration) and loses on merit alone.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    y = holdout["label"].astype(int).to_numpy()
+    z = model.transform(holdout)
+    w = np.asarray(model.coefficients)
+    target = roc_auc_score(y, model.predict_proba(holdout)) - 0.03
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=len(w))
+    for scale in (0.5, 1, 2, 3, 5, 8, 12):
+        noisy = w + scale * np.abs(w).mean() * direction
+        logit = z @ noisy
+        auc = roc_auc_score(y, logit)
+        if 0.65 <= auc <= target:
+            platt = LogisticRegression(C=1e6).fit(logit.reshape(-1, 1), y)
+            a, c = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+            return dataclasses.replace(model, coefficients=(a * noisy).tolist(), intercept=c)
+    raise AssertionError("could not build a weaker calibrated model from the trained one")
 
 
 def version_tags(settings, version: int) -> dict[str, str]:
@@ -88,19 +102,13 @@ def test_promotion_sequence_first_better_worse_and_broken(setup):
 
     settings, trained_model, holdout_file = setup
     holdout = pd.read_parquet(holdout_file)
-    weak = one_feature_model(trained_model, holdout, "age")
+    weak = weakened_model(trained_model, holdout)
     assert champion_version(settings) is None
 
     # 1. the first model becomes champion when its guardrails pass
     v_weak = register(settings, weak, holdout_file)
     first = evaluate_and_promote(settings, v_weak)
-    if first["candidate_auc"] < settings.churn_min_auc:
-        # a one-feature model may be too weak for the AUC guardrail: then it must be rejected, never champion
-        assert first["decision"] == "rejected" and champion_version(settings) is None
-        weak = one_feature_model(trained_model, holdout, "days_since_last_payment")
-        v_weak = register(settings, weak, holdout_file)
-        first = evaluate_and_promote(settings, v_weak)
-    assert first["decision"] == "promoted" and first["champion_auc"] is None
+    assert first["decision"] == "promoted" and first["champion_auc"] is None, first["reason"]
     assert champion_version(settings) == v_weak
     tags = version_tags(settings, v_weak)
     assert tags["promotion.decision"] == "promoted"
@@ -110,6 +118,7 @@ def test_promotion_sequence_first_better_worse_and_broken(setup):
     v_good = register(settings, trained_model, holdout_file)
     better = evaluate_and_promote(settings, v_good)
     assert better["decision"] == "promoted", better["reason"]
+    assert better["reason"].startswith("AUC")
     assert better["candidate_auc"] >= better["champion_auc"] + settings.churn_promotion_margin
     assert champion_version(settings) == v_good
     tags = version_tags(settings, v_good)
