@@ -49,7 +49,7 @@ class PeakRss:
         for p in [self._proc, *self._proc.children(recursive=True)]:
             try:
                 total += p.memory_info().rss
-            except Exception:  # noqa: BLE001 - a child may exit between listing and reading
+            except Exception:  # noqa: BLE001, S110 - a child may exit between listing and reading
                 pass
         return total
 
@@ -58,7 +58,7 @@ class PeakRss:
             self.peak = max(self.peak, self._sample())
             time.sleep(self._interval)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 
@@ -122,7 +122,7 @@ def latency(fn, frames, repeat: int) -> dict:
         times.append((time.perf_counter() - t) * 1000)
     arr = np.array(times[10:])  # the first calls warm caches
     return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)),
-            "mean_ms": float(arr.mean()), "calls": int(len(arr))}
+            "mean_ms": float(arr.mean()), "calls": len(arr)}
 
 
 def main() -> int:
@@ -138,13 +138,11 @@ def main() -> int:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    import numpy as np
     import pandas as pd
-    from sklearn.metrics import roc_auc_score
-
     from kpi.churn import features
     from kpi.churn.simulate import simulate_sources
     from kpi.settings import Settings
+    from sklearn.metrics import roc_auc_score
 
     as_of = dt.date.fromisoformat(args.as_of)
     work = Path(tempfile.mkdtemp(prefix="kpi-churn-bench-"))
@@ -185,7 +183,6 @@ def main() -> int:
     load_after = os.getloadavg()
 
     import mlflow
-
     from kpi.churn.mlflow_utils import load_version_model, using_store
 
     model = load_version_model(settings, result["model_version"])

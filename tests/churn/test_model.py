@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from kpi.churn.model import ChurnModel, classification_metrics, expected_calibration_error
 
 NUMERIC = ["recency", "amount", "visits"]
@@ -51,10 +50,9 @@ def to_spark(spark, df: pd.DataFrame):
 @pytest.fixture(scope="module")
 def fitted(spark):
     """A Spark pipeline fitted on synthetic users, its export, and a scoring set with surprises."""
-    from pyspark.sql import functions as F
-
     from kpi.churn.model import export_pipeline
     from kpi.churn.train import as_model_input, build_pipeline
+    from pyspark.sql import functions as F
 
     train_pdf = synthetic_users(800, seed=1)
     train = as_model_input(to_spark(spark, train_pdf), NUMERIC, CATEGORICAL).withColumn(

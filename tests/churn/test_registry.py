@@ -42,7 +42,6 @@ def setup(trained, tmp_path_factory):
 def register(settings, model, holdout_file: Path, parity: float = 1e-16) -> int:
     """Log ``model`` in a new run that carries the holdout and a parity figure; return the new version."""
     import mlflow
-
     from kpi.churn.mlflow_utils import experiment_id, log_and_register, using_store
 
     holdout = pd.read_parquet(holdout_file)

@@ -72,7 +72,6 @@ def test_every_trial_is_a_nested_run_with_metrics_dataset_and_data_version(train
 
 def test_run_carries_holdout_reference_features_and_a_registered_pyfunc(trained, tmp_path):
     import mlflow
-
     from kpi.churn.features import FEATURE_COLUMNS
     from kpi.churn.mlflow_utils import client, download_run_artifact, using_store
 
@@ -120,9 +119,8 @@ def test_score_writes_every_user_with_the_champion(trained, churn_data, spark, t
 
 
 def test_score_without_a_champion_says_so(tmp_path, churn_data):
-    from model_support import store_settings
-
     from kpi.churn.score import NoChampionError, score_users
+    from model_support import store_settings
 
     with pytest.raises(NoChampionError, match="kpi churn train"):
         score_users(store_settings(tmp_path), churn_data.url, churn_data.as_of, str(tmp_path / "x.csv"))
