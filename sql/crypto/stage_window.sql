@@ -23,13 +23,13 @@ WITH windowed AS (
        OR b.extract_date BETWEEN %(window_start)s AND %(window_end)s
 ), typed AS (
     SELECT w.*,
-           CASE WHEN user_id_text ~ '^[0-9]{1,18}$' THEN user_id_text::bigint END AS user_id,
+           CASE WHEN user_id_text ~ '^[0-9]+$' AND length(user_id_text) <= 18 THEN user_id_text::bigint END AS user_id,
            purchase_date_parsed AS purchase_date,
            CASE WHEN purchase_date_text ~ '^[0-9]{1,2}/[0-9]{1,2}/[0-9]{4}$'
                 THEN purchase_date_parsed IS NOT NULL END AS purchase_date_is_real,
-           CASE WHEN purchase_price_text ~ '^-?[0-9]{1,30}(\.[0-9]{1,30})?$'
+           CASE WHEN purchase_price_text ~ '^-?[0-9]+(\.[0-9]+)?$'
                 THEN purchase_price_text::numeric END AS purchase_price,
-           CASE WHEN purchase_units_text ~ '^-?[0-9]{1,30}(\.[0-9]{1,30})?$'
+           CASE WHEN purchase_units_text ~ '^-?[0-9]+(\.[0-9]+)?$'
                 THEN purchase_units_text::numeric END AS purchase_units
     FROM windowed w
     WHERE window_date BETWEEN %(window_start)s AND %(window_end)s

@@ -95,8 +95,8 @@ CREATE UNLOGGED TABLE IF NOT EXISTS staging.bt_crypto_events_candidate (
     purchase_price_scale int,
     purchase_units_scale int,
     purchase_value_exact numeric,
-    purchase_value       numeric(38, 16),
-    PRIMARY KEY (run_id, raw_id)
+    purchase_value       numeric(38, 16)
+    -- no index: every reader scans one run's rows once, and the insert of a 1M-row window stays cheap
 );
 
 CREATE TABLE IF NOT EXISTS prod.bt_crypto_events (

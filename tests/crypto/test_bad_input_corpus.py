@@ -19,6 +19,7 @@ CORPUS: dict[str, tuple[str, str]] = {
     "user_missing": (f"ARGENTINA,,{D},BTC,100.5,1", "user_id_missing"),
     "user_not_integer": (f"ARGENTINA,abc,{D},BTC,100.5,1", "user_id_not_integer"),
     "user_negative": (f"ARGENTINA,-5,{D},BTC,100.5,1", "user_id_not_integer"),
+    "user_id_too_long": (f"ARGENTINA,1234567890123456789012,{D},BTC,100.5,1", "user_id_too_long"),
     "user_with_decimals": (f"ARGENTINA,1008.0,{D},BTC,100.5,1", "user_id_not_integer"),
     "date_missing": ("ARGENTINA,1009,,BTC,100.5,1", "purchase_date_missing"),
     "date_iso_format": ("ARGENTINA,1010,2026-02-10,BTC,100.5,1", "purchase_date_bad_format"),

@@ -134,6 +134,7 @@ def stage_window(logical_date: dt.date, run_id: str, settings: Settings | None =
               "sites": list(settings.crypto_allowed_sites), "cryptos": list(settings.crypto_allowed_cryptos)}
     with _connection(settings, conn) as c:
         _lock(c)
+        c.execute("SET LOCAL work_mem = '256MB'")  # the window's two sorts stay in memory up to ~1M rows
         # keep staging small: rows of finished runs and of this run's earlier attempt go
         c.execute("DELETE FROM staging.bt_crypto_events_candidate WHERE run_id = %s OR run_id IN"
                   " (SELECT run_id FROM dqm.dq_runs WHERE finished_at IS NOT NULL)", (run_id,))
@@ -256,6 +257,7 @@ def publish_window(logical_date: dt.date, run_id: str, settings: Settings | None
                       (share, json.dumps(top), message, run_id))
             c.commit()
             raise GateFailed(message, {"gate": "failed", "reject_share": share, "top_reasons": top})
+        c.execute("SET LOCAL work_mem = '256MB'")
         reactivated = c.execute(_sql("publish_reactivated", settings), params).fetchone()[0]
         inserted, updated = c.execute(_sql("publish_upsert", settings), params).fetchone()
         deactivated = c.execute(_sql("publish_deactivate", settings), params).rowcount
