@@ -93,16 +93,18 @@ def main(argv: list[str] | None = None) -> int:
 
     for i in range(200):  # warm-up: first calls pay for lazy imports and caches
         score_one(champ.model, frames[i % len(frames)])
-    model_ns, path_ns = [], []
+    model_ns, path_ns, path_cpu_ns = [], [], []
     for i in range(args.iterations):
         frame = frames[i % len(frames)]
         t0 = time.perf_counter_ns()
         champ.model.predict_proba(frame)
         model_ns.append(time.perf_counter_ns() - t0)
         values = inputs[i % len(inputs)]
+        c0 = time.thread_time_ns()
         t0 = time.perf_counter_ns()
         score_one(champ.model, form_frame(fields, values))
         path_ns.append(time.perf_counter_ns() - t0)
+        path_cpu_ns.append(time.thread_time_ns() - c0)
 
     result = {
         "benchmark": "dashboard single-prediction latency (SHAP excluded)",
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         "iterations": args.iterations,
         "model_call": summary(model_ns),
         "dashboard_path": summary(path_ns),
+        # CPU time of the same calls: what the work costs without waiting for a core on a busy machine
+        "dashboard_path_cpu": summary(path_cpu_ns),
         "target_p99_ms": TARGET_P99_MS,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_avg_1m": round(os.getloadavg()[0], 2), "platform": platform.platform()},
@@ -119,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     result["meets_target"] = result["dashboard_path"]["p99_ms"] < TARGET_P99_MS
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    for name in ("model_call", "dashboard_path"):
+    for name in ("model_call", "dashboard_path", "dashboard_path_cpu"):
         s = result[name]
-        print(f"{name:15s} n={s['n']}  p50 {s['p50_ms']:.3f} ms  p90 {s['p90_ms']:.3f} ms  "
+        print(f"{name:18s} n={s['n']}  p50 {s['p50_ms']:.3f} ms  p90 {s['p90_ms']:.3f} ms  "
               f"p99 {s['p99_ms']:.3f} ms  max {s['max_ms']:.3f} ms")
     print(f"target p99 < {TARGET_P99_MS} ms on the dashboard path: "
           f"{'met' if result['meets_target'] else 'NOT met'} (load avg {result['machine']['load_avg_1m']}); "
