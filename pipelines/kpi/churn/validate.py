@@ -311,6 +311,7 @@ def validate_sources(
             if source == USER_BASE:
                 user_ids = None
             continue
+        file_started = time.perf_counter()
         frame, rows, step = _read_text(data_url, source, header, max_rows, settings)
         if source == USER_BASE:
             user_ids = pd.to_numeric(frame[ID], errors="coerce").dropna().astype("int64").unique()
@@ -346,6 +347,7 @@ def validate_sources(
             "sample_step": step,
             "rules": len(rules),
             "failed_rules": len(file_failures),
+            "seconds": round(time.perf_counter() - file_started, 2),
         }
         results[name] = outcome.to_json_dict()
 
