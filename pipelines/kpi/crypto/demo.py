@@ -9,6 +9,9 @@ from kpi.settings import Settings
 DEMO_START = dt.date(2026, 1, 1)
 TABLE_COLUMNS = ("day", "raw_rows", "published", "inserted", "updated", "deactivated", "reactivated",
                  "quarantined", "superseded", "reject_share", "gate", "top_reason", "dag_state")
+HEADERS = {"raw_rows": "raw", "inserted": "ins", "updated": "upd", "deactivated": "deact", "reactivated": "react",
+           "quarantined": "quar", "superseded": "supers", "reject_share": "reject", "top_reason": "top reason",
+           "dag_state": "dag"}
 
 
 def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000, anomaly_rate: float = 0.02,
@@ -35,7 +38,7 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
     from kpi.db import connect
     from kpi.storage import join
 
-    console = Console(width=max(150, Console().width))  # the table is wider than a default 80-column pipe
+    console = Console(width=max(200, Console().width))  # the table is wider than a default 80-column pipe
     end = DEMO_START + dt.timedelta(days=days - 1)
     out = join(settings.resolved_storage_url, "crypto", "source")
     console.print(f"[bold]crypto[/bold]: simulating {days} daily extracts ({rows_per_day} new rows/day, "
@@ -67,7 +70,7 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
         })
         table = Table(title=f"crypto_events {logical_date} (DAG run {run['state']})", show_lines=False)
         for col in TABLE_COLUMNS:
-            table.add_column(col, justify="left" if col in ("day", "gate", "top_reason", "dag_state") else "right")
+            table.add_column(HEADERS.get(col, col), justify="left" if col in ("day", "gate", "top_reason", "dag_state") else "right")
         table.add_row(*(_cell(rows[-1][c]) for c in TABLE_COLUMNS))
         console.print(table)
     with connect(settings.database_url) as conn:
@@ -75,7 +78,7 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
         rejects = conn.execute("SELECT count(*) FROM dqm.bt_crypto_events_rejects").fetchone()[0]
     summary = Table(title="crypto: all days")
     for col in TABLE_COLUMNS:
-        summary.add_column(col, justify="left" if col in ("day", "gate", "top_reason", "dag_state") else "right")
+        summary.add_column(HEADERS.get(col, col), justify="left" if col in ("day", "gate", "top_reason", "dag_state") else "right")
     for row in rows:
         summary.add_row(*(_cell(row[c]) for c in TABLE_COLUMNS))
     console.print(summary)
