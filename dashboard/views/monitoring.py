@@ -33,7 +33,9 @@ if runs is not None:
     if runs.empty:
         st.info("No crypto validation run yet: `kpi crypto run --date YYYY-MM-DD` (or `task demo`) records one.")
     else:
-        gates = reports.crypto_gate_results(s)
+        gates = guarded("Warehouse unavailable", reports.crypto_gate_results, s)
+        if gates is None:
+            st.stop()
         st.subheader("Gate results")
         last = runs.iloc[0]
         c1, c2, c3 = st.columns(3)
