@@ -13,7 +13,7 @@ from tests.dags.conftest import DAGS_FOLDER
 
 @pytest.fixture(scope="module")
 def dag_bag(airflow_home):
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS_FOLDER), include_examples=False)
 
@@ -45,7 +45,7 @@ def test_parsing_needs_no_external_system_and_no_heavy_import(airflow_home):
     # a fresh interpreter with a database URL that cannot work: parsing must not notice
     code = (
         "import sys\n"
-        "from airflow.models.dagbag import DagBag\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(DAGS_FOLDER)!r}, include_examples=False)\n"
         "assert not bag.import_errors, bag.import_errors\n"
         "heavy = [m for m in ('great_expectations', 'pyspark', 'mlflow', 'psycopg', 'pandas') if m in sys.modules]\n"

@@ -60,7 +60,7 @@ def activate_airflow_home(env: dict) -> None:
 
 def load_dag(dag_id: str, dags_folder: Path | None = None):
     """The DAG ``dag_id`` parsed from the DAGs folder (import errors are raised, not swallowed)."""
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(dags_folder or DAGS_FOLDER), include_examples=False)
     if bag.import_errors:
