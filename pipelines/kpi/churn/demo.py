@@ -154,13 +154,18 @@ def run_churn_demo(settings: Settings, users: int = 5000, trials: int = DEMO_TRI
         })
 
     champion = load_champion(settings)
-    table = Table(title="churn: two rounds through churn_data_watchdog -> churn_training -> churn_drift_monitor")
-    columns = ["round", "scenario", "as_of", "watchdog_fired", "drift_share", "drift_event", "model_version",
-               "decision", "candidate_auc", "champion_auc", "oracle_auc"]
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("scenario", "as_of", "decision") else "right")
+    # one column per round keeps the table readable on an 80-column terminal
+    table = Table(title="churn: churn_data_watchdog -> churn_drift_monitor -> churn_training, per round")
+    table.add_column("", justify="left")
     for row in rounds:
-        table.add_row(*(_cell(row[c]) for c in columns))
+        table.add_column(f"round {row['round']}", justify="left")
+    fields = [("scenario", "scenario"), ("as of", "as_of"), ("watchdog fired", "watchdog_fired"),
+              ("changed files", "changed_files"), ("events on 2nd look", "watchdog_second_look_events"),
+              ("drift share", "drift_share"), ("churn_drift emitted", "drift_event"),
+              ("model version", "model_version"), ("decision", "decision"), ("candidate AUC", "candidate_auc"),
+              ("champion AUC", "champion_auc"), ("oracle AUC", "oracle_auc"), ("why", "reason")]
+    for label, key in fields:
+        table.add_row(label, *(_cell(len(r[key]) if key == "changed_files" else r[key]) for r in rounds))
     console.print(table)
     if champion is not None:
         console.print(f"champion: churn-model v{champion.version} (AUC {_cell(champion.auc)}); "
