@@ -172,3 +172,10 @@ CREATE TABLE IF NOT EXISTS dqm.dq_runs (
     finished_at     timestamptz
 );
 CREATE INDEX IF NOT EXISTS dq_runs_logical_date ON dqm.dq_runs (pipeline, logical_date);
+
+-- What GE validates: the current (not superseded) staged rows of the run named by the session setting
+-- kpi.run_id (set in the validation connection's options). A view, not a query asset, so that GE reads
+-- its columns from the catalog instead of running the query in Python.
+CREATE OR REPLACE VIEW staging.bt_crypto_events_validation AS
+SELECT * FROM staging.bt_crypto_events_candidate
+WHERE run_id = current_setting('kpi.run_id', true) AND status <> 'superseded';
