@@ -7,7 +7,6 @@ import json
 import uuid
 
 import pytest
-
 from kpi import storage
 
 
@@ -57,7 +56,6 @@ def test_shifted_behaviour_drifts_in_the_features_it_moves(feature_frames):
 
 def test_frames_without_shared_features_are_refused():
     import pandas as pd
-
     from kpi.churn.drift import DriftInputError, compare_features
 
     with pytest.raises(DriftInputError, match="share no feature column"):
@@ -116,7 +114,7 @@ def test_run_drift_writes_reports_to_file_storage_and_logs_to_mlflow(drift_env, 
     assert document["evidently"]["metrics"]  # the full Evidently snapshot rides along
     runs = _monitoring_runs(drift_env)
     assert len(runs) == before + 1
-    latest = [r for r in runs if r.info.run_id == result["mlflow_run_id"]][0]
+    latest = next(r for r in runs if r.info.run_id == result["mlflow_run_id"])
     assert latest.data.metrics["drift_share"] == pytest.approx(result["drift_share"])
     assert latest.data.metrics["drift_detected"] == 1.0
     # artifacts of a local store stay under a KPI home, never in the current directory
@@ -126,7 +124,6 @@ def test_run_drift_writes_reports_to_file_storage_and_logs_to_mlflow(drift_env, 
 @pytest.mark.slow
 def test_drift_reports_land_in_a_real_s3_server(drift_env, s3_server, feature_frames, monkeypatch):
     import boto3
-
     from kpi.churn.drift import run_drift
     from kpi.settings import reload_settings
 
@@ -153,9 +150,8 @@ def test_drift_reports_land_in_a_real_s3_server(drift_env, s3_server, feature_fr
 
 @pytest.mark.slow
 def test_cli_drift_on_the_champions_own_sources_finds_no_drift(drift_env, churn_data):
-    from typer.testing import CliRunner
-
     from kpi.cli import app
+    from typer.testing import CliRunner
 
     out = CliRunner().invoke(app, ["churn", "drift", "--data", churn_data.url,
                                    "--as-of", churn_data.as_of.isoformat()])
@@ -167,9 +163,8 @@ def test_cli_drift_on_the_champions_own_sources_finds_no_drift(drift_env, churn_
 
 
 def test_cli_drift_names_a_missing_source_file(kpi_env, tmp_path):
-    from typer.testing import CliRunner
-
     from kpi.cli import app
+    from typer.testing import CliRunner
 
     out = CliRunner().invoke(app, ["churn", "drift", "--data", str(tmp_path), "--as-of", "2024-06-30"])
     assert out.exit_code == 1

@@ -30,7 +30,6 @@ def cluster_settings():
 
 def test_rendered_application_validates_against_the_crd_schema(cluster_settings):
     import jsonschema
-
     from kpi.churn.spark_submit import render_spark_application
 
     schema = _crd_schema()

@@ -8,7 +8,6 @@ import time
 import uuid
 
 import pytest
-
 from kpi import storage
 from kpi.churn.sources import SOURCE_FILES
 from kpi.churn.watchdog import check_sources, commit, load_state, state_url, watch

@@ -70,8 +70,8 @@ def test_parsing_the_churn_dags_imports_nothing_heavy(airflow_home):
 def test_kubernetes_backend_submits_the_packaged_spark_application(airflow_home, monkeypatch):
     import jsonschema
     import yaml
-
     from kpi.settings import reload_settings
+
     from tests.conftest import reference_file
 
     monkeypatch.setenv("KPI_SPARK_BACKEND", "kubernetes")

@@ -118,7 +118,7 @@ def run_churn_demo(settings: Settings, users: int = 5000, trials: int = DEMO_TRI
         console.print(f"  simulated {simulated['rows']['PAYMENTS.csv']} payments into {data_url} "
                       f"(oracle AUC {simulated['oracle_auc']})")
         mark = _last_event_id()
-        watch = dag("churn_data_watchdog", {"data_url": data_url, "as_of": day.isoformat()})
+        dag("churn_data_watchdog", {"data_url": data_url, "as_of": day.isoformat()})
         source_events = _asset_events("churn_sources", mark)
         quiet = None
         if number == 1:  # a second look at unchanged files must stay quiet

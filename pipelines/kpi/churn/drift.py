@@ -55,8 +55,8 @@ class DriftComparison:
 
 
 def compare_features(
-    reference: "pd.DataFrame",
-    current: "pd.DataFrame",
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
     *,
     threshold: float,
     numerical: list[str] | None = None,
@@ -219,7 +219,7 @@ def log_to_mlflow(settings: Settings, summary: dict[str, Any], context: dict[str
     return run_id
 
 
-def load_reference_features(settings: Settings) -> tuple["pd.DataFrame", dict[str, Any]]:
+def load_reference_features(settings: Settings) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The champion's training features and a description of the champion.
 
     Raises:
@@ -259,7 +259,7 @@ def _source_bytes(settings: Settings, data_url: str) -> int:
 
 
 def current_features(settings: Settings, data_url: str, as_of: dt.date,
-                     engine: str = "auto") -> tuple["pd.DataFrame", str]:
+                     engine: str = "auto") -> tuple[pd.DataFrame, str]:
     """Features of the sources at ``data_url`` as of ``as_of`` (data strictly before it), and the engine used.
 
     ``engine`` ``auto`` uses pandas for small sources and Spark above ``PANDAS_MAX_SOURCE_BYTES``.

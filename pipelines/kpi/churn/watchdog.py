@@ -50,7 +50,7 @@ def load_state(settings: Settings) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"watchdog state {url} is not valid JSON ({exc}); fix or remove it") from None
     if not isinstance(state, dict):
-        raise ValueError(f"watchdog state {url} must be a JSON object, got {type(state).__name__}")
+        raise ValueError(f"watchdog state {url} must be a JSON object, got {type(state).__name__}")  # noqa: TRY004
     return state
 
 
@@ -119,7 +119,7 @@ def check_sources(settings: Settings, data_url: str | None = None) -> dict[str, 
     state = load_state(settings)
     previous = state.get(data_url)
     scan = scan_sources(settings, data_url, previous)
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     result: dict[str, Any] = {
         "data_url": data_url,
         "state_url": state_url(settings),

@@ -18,4 +18,4 @@ CHURN_SOURCES_CHANGES = AssetAlias(name="churn_sources_changes")
 CHURN_DRIFT_ALERTS = AssetAlias(name="churn_drift_alerts")
 
 CHURN_DEFAULT_ARGS = {"owner": "kpi-churn", "retries": 2, "retry_delay": dt.timedelta(minutes=1)}
-CHURN_START_DATE = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+CHURN_START_DATE = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

@@ -72,7 +72,7 @@ def churn_training():
         settings = get_settings()
         inputs = "ti.xcom_pull(task_ids='validate_sources')"
         application = render_spark_application(
-            settings, data_url="{{ %s['data_url'] }}" % inputs, as_of="{{ %s['as_of'] }}" % inputs,
+            settings, data_url="{{ " + inputs + "['data_url'] }}", as_of="{{ " + inputs + "['as_of'] }}",
             trials=None, name="churn-train",
         )
         spark_step = SparkKubernetesOperator(
