@@ -59,10 +59,11 @@ def serve(address: str = "127.0.0.1", port: int = 8501) -> int:
             # the terminal's Ctrl-C reached Streamlit too; give it a moment to close, then Postgres stops
             proc.send_signal(signal.SIGINT)
             try:
-                return proc.wait(timeout=10)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                return proc.wait()
+                proc.wait()
+            return 0  # stopping on request is a clean exit
 
 
 def main(argv: list[str] | None = None) -> int:
