@@ -32,12 +32,17 @@ if "auc" in versions.columns:
 st.dataframe(versions[["version", "aliases", "created_at", *metric_cols]], hide_index=True, key="versions_table")
 
 st.subheader("Promotion decisions")
-tag_cols = [c for c in versions.columns if c.startswith("tag.")]
-if tag_cols:
-    decisions = versions[["version", *tag_cols]].rename(columns=lambda c: c.removeprefix("tag."))
+decision_cols = [c for c in versions.columns if c.startswith("tag.promotion.") and c != "tag.promotion.guardrails"]
+if decision_cols:
+    decisions = versions[["version", *decision_cols]].rename(columns=lambda c: c.removeprefix("tag."))
     st.dataframe(decisions, hide_index=True, key="decisions_table")
 else:
-    st.caption("No promotion tags on any version yet.")
+    st.caption("No promotion decision recorded on any version yet.")
+other_tags = [c for c in versions.columns if c.startswith("tag.") and c not in decision_cols]
+if other_tags:
+    with st.expander("All version tags (training data version, guardrail figures, ...)"):
+        st.dataframe(versions[["version", *other_tags]].rename(columns=lambda c: c.removeprefix("tag.")),
+                     hide_index=True, key="tags_table")
 
 if champ is not None:
     st.subheader(f"Global SHAP of the champion (version {champ.version})")

@@ -179,14 +179,20 @@ def model_versions(settings: Settings) -> pd.DataFrame:
         versions = _mlflow_call("model versions", settings, client.search_model_versions, f"name='{name}'")
     except MlflowException:
         versions = []
+    # search results carry no aliases; the registered model has them all
+    by_version: dict[str, list[str]] = {}
+    if versions:
+        for alias, number in (client.get_registered_model(name).aliases or {}).items():
+            by_version.setdefault(str(number), []).append(alias)
     rows: list[dict[str, Any]] = []
     for mv in versions:
+        aliases = sorted(set(mv.aliases or []) | set(by_version.get(str(mv.version), [])))
         row: dict[str, Any] = {
             "version": int(mv.version),
             "created_at": pd.to_datetime(mv.creation_timestamp, unit="ms", utc=True),
             "run_id": mv.run_id,
-            "aliases": ", ".join(sorted(mv.aliases or [])),
-            "is_champion": settings.churn_champion_alias in (mv.aliases or []),
+            "aliases": ", ".join(aliases),
+            "is_champion": settings.churn_champion_alias in aliases,
         }
         if mv.run_id:
             try:
