@@ -73,11 +73,13 @@ class ChurnModel:
             self._scale = np.where(std == 0.0, 0.0, 1.0 / std)
         self._w_num = coef[:n_num]
         self._cat_blocks: list[tuple[str, dict[str, int], np.ndarray]] = []
+        self._lookups: list[pd.Index] = []
         offset = n_num
         for col in self.categorical_features:
             labels = self.categories[col]
             size = len(labels) + 1
             self._cat_blocks.append((col, {label: i for i, label in enumerate(labels)}, coef[offset : offset + size]))
+            self._lookups.append(pd.Index(labels, dtype=object))
             offset += size
 
     @property
@@ -97,17 +99,24 @@ class ChurnModel:
         """Imputed, standardised numerics, shape (n, n_numeric)."""
         if not self.numeric_features:
             return np.zeros((len(df), 0))
-        raw = df[self.numeric_features].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        numeric = df[self.numeric_features]
+        try:  # the usual case, numeric columns: one conversion, no per-column pandas work
+            raw = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):  # text from forms or CSVs: coerce, unparsable -> missing
+            raw = numeric.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         raw = np.where(np.isnan(raw), self._impute, raw)
         return (raw - self._mean) * self._scale
 
     def _category_indices(self, df: pd.DataFrame) -> list[np.ndarray]:
         """Indexer output per categorical feature (unknown and null -> len(labels))."""
         out = []
-        for col, index, _ in self._cat_blocks:
-            unknown = len(index)
+        for (col, index, _), lookup in zip(self._cat_blocks, self._lookups, strict=True):
             values = df[col].to_numpy(dtype=object)
-            out.append(np.fromiter((index.get(_as_label(v), unknown) for v in values), dtype=np.int64, count=len(values)))
+            idx = lookup.get_indexer(values).astype(np.int64)
+            # misses are nulls, unseen labels or non-strings (e.g. 5 for "5"): resolve those one by one
+            for i in np.flatnonzero(idx < 0):
+                idx[i] = index.get(_as_label(values[i]), len(index))
+            out.append(idx)
         return out
 
     def _check_columns(self, df: pd.DataFrame) -> None:
