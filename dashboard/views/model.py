@@ -21,11 +21,13 @@ if champ is None:
 st.subheader("Versions")
 metric_cols = [c for c in versions.columns if c not in ("version", "created_at", "run_id", "aliases",
                                                           "is_champion") and not c.startswith("tag.")]
-if "auc" in versions.columns:
-    fig = px.line(versions, x="version", y="auc", markers=True, title="AUC over versions",
+# training logs the holdout AUC; older or foreign runs may call it differently
+auc_col = next((c for c in ("holdout_roc_auc", "auc", "roc_auc") if c in versions.columns), None)
+if auc_col:
+    fig = px.line(versions, x="version", y=auc_col, markers=True, title="Holdout AUC over versions",
                   hover_data=["aliases", "run_id"])
     champions = versions[versions["is_champion"]]
-    fig.add_scatter(x=champions["version"], y=champions["auc"], mode="markers", name="champion",
+    fig.add_scatter(x=champions["version"], y=champions[auc_col], mode="markers", name="champion",
                     marker={"size": 14, "symbol": "star"})
     fig.update_xaxes(dtick=1)
     st.plotly_chart(fig, key="auc_chart")

@@ -130,6 +130,7 @@ def test_model_page_compares_versions_and_shows_global_shap(app, champion_env, c
     assert list(versions["version"]) == [r["training"]["model_version"] for r in rounds]
     champion = next(r["promotion"]["champion_version"] for r in reversed(rounds))
     assert versions.set_index("version").loc[champion, "aliases"] == "champion"
+    assert any("Holdout AUC over versions" in c.proto.spec for c in app.get("plotly_chart"))
     decisions = frame_with(app, "promotion.decision")
     assert list(decisions["promotion.decision"]) == [r["promotion"]["decision"] for r in rounds]
     assert app.get("imgs") or app.get("image"), "the SHAP summary PNG is shown"
