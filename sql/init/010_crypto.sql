@@ -64,6 +64,19 @@ CREATE TABLE IF NOT EXISTS raw.bt_crypto_transaction_history (
     raw_line        text,                   -- the whole line when its column count is wrong (fields NULL)
     purchase_date_parsed date GENERATED ALWAYS AS (raw.parse_dmy(purchase_date)) STORED
 );
+-- Each raw row typed ONCE, at ingest (stored generated columns: the text columns stay as received).
+-- Every window that covers the row (five overlapping ones) then selects these instead of re-parsing the
+-- text; the regex guards make a cast that would fail give NULL (the stage's rules name the problem).
+ALTER TABLE raw.bt_crypto_transaction_history
+    ADD COLUMN IF NOT EXISTS user_id_bigint bigint GENERATED ALWAYS AS (
+        CASE WHEN user_id ~ '^[0-9]+$' AND length(user_id) <= 18 THEN user_id::bigint END) STORED,
+    ADD COLUMN IF NOT EXISTS purchase_date_is_real boolean GENERATED ALWAYS AS (
+        CASE WHEN purchase_date ~ '^[0-9]{1,2}/[0-9]{1,2}/[0-9]{4}$'
+             THEN raw.parse_dmy(purchase_date) IS NOT NULL END) STORED,
+    ADD COLUMN IF NOT EXISTS purchase_price_numeric numeric GENERATED ALWAYS AS (
+        CASE WHEN purchase_price ~ '^-?[0-9]+(\.[0-9]+)?$' THEN purchase_price::numeric END) STORED,
+    ADD COLUMN IF NOT EXISTS purchase_units_numeric numeric GENERATED ALWAYS AS (
+        CASE WHEN purchase_units ~ '^-?[0-9]+(\.[0-9]+)?$' THEN purchase_units::numeric END) STORED;
 CREATE INDEX IF NOT EXISTS bt_crypto_transaction_history_date
     ON raw.bt_crypto_transaction_history (purchase_date_parsed);
 CREATE INDEX IF NOT EXISTS bt_crypto_transaction_history_batch

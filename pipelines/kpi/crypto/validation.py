@@ -35,7 +35,8 @@ def validation_connection_string(database_url: str, run_id: str) -> str:
     from kpi.db import sqlalchemy_url
 
     escaped = run_id.replace("\\", "\\\\").replace(" ", "\\ ")  # libpq options split on spaces
-    return sqlalchemy_url(database_url) + "?options=" + quote(f"-c kpi.run_id={escaped}")
+    # work_mem: the unique-keys check hashes the whole window (it spilled to disk at the default)
+    return sqlalchemy_url(database_url) + "?options=" + quote(f"-c kpi.run_id={escaped} -c work_mem=256MB")
 
 
 def run_expectations(settings: Settings, run_id: str, logical_date: dt.date) -> dict:
