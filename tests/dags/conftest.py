@@ -7,7 +7,7 @@ metadata DB, migrates it once (``airflow db migrate`` in a subprocess), points t
 must import ``airflow`` (and DAG modules) inside tests that request ``airflow_home``, never at module
 level. Yields the environment dict (``AIRFLOW_HOME``, ``AIRFLOW__CORE__DAGS_FOLDER``, ...).
 
-Helpers for tests, from ``kpi.crypto.airflow_local`` (nothing crypto-specific in them):
+Helpers for tests, from ``kpi.airflow_local`` (nothing crypto-specific in them):
 ``load_dag(dag_id)`` parses the DAGs folder and raises on import errors, and
 ``run_dag_once(dag_id, logical_date)`` runs one DAG run in-process with ``dag.test()`` and returns
 ``{"run_id", "state", "tasks": {task_id: state}}``. Combine with ``kpi_env`` (tests/conftest.py) for
@@ -16,7 +16,7 @@ the session Postgres: the tasks read ``KPI_*`` settings from the environment.
 Usage (e.g. tests/dags/test_churn_dags.py)::
 
     def test_my_dag_runs(airflow_home, kpi_env):
-        from kpi.crypto.airflow_local import run_dag_once
+        from kpi.airflow_local import run_dag_once
         assert run_dag_once("my_dag", datetime.date(2026, 1, 1))["state"].endswith("success")
 """
 
@@ -35,7 +35,7 @@ DAGS_FOLDER = Path(__file__).resolve().parents[2] / "pipelines" / "kpi" / "dags"
 @pytest.fixture(scope="session")
 def airflow_home():
     """A migrated Airflow home for the whole session; the process environment points at it."""
-    from kpi.crypto.airflow_local import activate_airflow_home, prepare_airflow_home
+    from kpi.airflow_local import activate_airflow_home, prepare_airflow_home
 
     base = Path(tempfile.mkdtemp(prefix="kpi-test-airflow-"))
     saved = {k: os.environ.get(k) for k in ("AIRFLOW_HOME",)}

@@ -141,9 +141,9 @@ def _events(asset_name: str) -> list[dict]:
 
 
 def _run(dag_id: str, conf: dict | None = None) -> dict:
-    from kpi.churn.demo import run_dag
+    from kpi.airflow_local import run_dag_once
 
-    return run_dag(dag_id, conf or {})
+    return run_dag_once(dag_id, conf=conf or {})
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from tests.crypto.conftest import clean_crypto_tables, query
 
 @pytest.mark.slow
 def test_dag_run_publishes_the_window_and_records_the_run(airflow_home, kpi_env, tmp_path):
-    from kpi.crypto.airflow_local import run_dag_once
+    from kpi.airflow_local import run_dag_once
     from kpi.crypto.ingest import ingest_file
     from kpi.crypto.simulate import simulate_extracts
 

@@ -20,36 +20,6 @@ SECOND_ROUND_DAYS = 30
 DEMO_TRIALS = 4
 
 
-def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one DAG run in this process with ``dag.test(run_conf=conf)`` (Airflow home already active).
-
-    Returns:
-        ``dag_id``, ``run_id``, ``state``, ``tasks`` (task id -> state), ``xcom`` (task id -> return value)
-        and ``seconds``.
-    """
-    import sqlalchemy as sa
-    from airflow.models.xcom import XComModel
-    from airflow.settings import Session
-
-    # H1's runner keeps one warmed in-process execution API for every dag.test() of the process.
-    from kpi.crypto.airflow_local import _use_one_warm_execution_api, load_dag
-
-    dag = load_dag(dag_id)
-    _use_one_warm_execution_api()
-    started = time.perf_counter()
-    run = dag.test(run_conf=conf or {})
-    seconds = round(time.perf_counter() - started, 1)
-    tasks = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}
-    with Session() as session:
-        rows = session.scalars(
-            sa.select(XComModel)
-            .where(XComModel.dag_id == dag_id, XComModel.run_id == run.run_id, XComModel.key == "return_value")
-        ).all()
-        xcom = {row.task_id: XComModel.deserialize_value(row) for row in rows}
-    return {"dag_id": dag_id, "run_id": run.run_id, "state": str(getattr(run.state, "value", run.state)),
-            "tasks": tasks, "xcom": xcom, "seconds": seconds}
-
-
 def _asset_events(asset_name: str, since_id: int = 0) -> list[dict[str, Any]]:
     """Events of one asset newer than ``since_id`` (id, extra), oldest first."""
     import sqlalchemy as sa
@@ -94,7 +64,7 @@ def run_churn_demo(settings: Settings, users: int = 5000, trials: int = DEMO_TRI
     from kpi.churn.registry import load_champion
     from kpi.churn.simulate import simulate_sources
     from kpi.churn.watchdog import watched_data_url
-    from kpi.crypto.airflow_local import activate_airflow_home, prepare_airflow_home
+    from kpi.airflow_local import activate_airflow_home, prepare_airflow_home, run_dag_once
 
     console = Console()
     started = time.perf_counter()
@@ -104,7 +74,7 @@ def run_churn_demo(settings: Settings, users: int = 5000, trials: int = DEMO_TRI
     rounds: list[dict[str, Any]] = []
 
     def dag(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
-        result = run_dag(dag_id, conf)
+        result = run_dag_once(dag_id, conf=conf)
         runs.append(result)
         console.print(f"  {dag_id}: {result['state']} in {result['seconds']}s")
         return result

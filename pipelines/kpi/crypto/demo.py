@@ -32,7 +32,7 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
     from rich.console import Console
     from rich.table import Table
 
-    from kpi.crypto.airflow_local import activate_airflow_home, prepare_airflow_home, run_dag_once
+    from kpi.airflow_local import activate_airflow_home, prepare_airflow_home, run_dag_once
     from kpi.crypto.ingest import ingest_file
     from kpi.crypto.simulate import simulate_extracts
     from kpi.db import connect

@@ -11,9 +11,10 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
+DAGS_FOLDER = Path(__file__).resolve().parent / "dags"
 
 
 def airflow_environment(home: Path, dags_folder: Path | None = None, sql_alchemy_conn: str | None = None) -> dict:
@@ -74,14 +75,13 @@ def load_dag(dag_id: str, dags_folder: Path | None = None):
 _WARM_API = None
 
 
-def _use_one_warm_execution_api(timeout: float = 60.0) -> None:
+def use_one_warm_execution_api(timeout: float = 60.0) -> None:
     """Make dag.test() use one in-process execution API whose startup has finished.
 
     Airflow 3.2 builds a new in-process API per task and starts its lifespan without waiting for it;
     on a busy machine the task's first request can arrive first and fail (``svcs_registry`` missing).
     """
     global _WARM_API
-    import time
 
     from airflow.sdk.execution_time import supervisor
 
@@ -99,14 +99,39 @@ def _use_one_warm_execution_api(timeout: float = 60.0) -> None:
     supervisor.in_process_api_server = lambda: _WARM_API
 
 
-def run_dag_once(dag_id: str, logical_date: dt.date, dags_folder: Path | None = None) -> dict:
-    """Run one DAG run in-process with ``dag.test()`` for ``logical_date``; return its state and task states."""
+def run_dag_once(dag_id: str, logical_date: dt.date | None = None, conf: dict | None = None,
+                 dags_folder: Path | None = None) -> dict:
+    """Run one DAG run in-process with ``dag.test()`` (Airflow home already active).
+
+    Args:
+        dag_id: the DAG to run.
+        logical_date: the run's logical date (midnight UTC); None lets Airflow pick "now" (asset-scheduled DAGs).
+        conf: the run's ``conf`` (params).
+        dags_folder: where to parse the DAG from; default ``pipelines/kpi/dags``.
+
+    Returns:
+        ``dag_id``, ``run_id``, ``state``, ``tasks`` (task id -> state), ``xcom`` (task id -> return value)
+        and ``seconds``.
+    """
+    import sqlalchemy as sa
+    from airflow.models.xcom import XComModel
+    from airflow.settings import Session
+
     dag = load_dag(dag_id, dags_folder)
-    _use_one_warm_execution_api()
-    when = dt.datetime.combine(logical_date, dt.time(), tzinfo=dt.timezone.utc)
-    run = dag.test(logical_date=when, run_after=when)
-    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()} if hasattr(run, "get_task_instances") \
-        else {}
-    return {"dag_id": dag_id, "run_id": run.run_id, "state": str(run.state), "tasks": states}
-
-
+    use_one_warm_execution_api()
+    kwargs: dict = {"run_conf": conf or {}}
+    if logical_date is not None:
+        when = dt.datetime.combine(logical_date, dt.time(), tzinfo=dt.timezone.utc)
+        kwargs.update(logical_date=when, run_after=when)
+    started = time.perf_counter()
+    run = dag.test(**kwargs)
+    seconds = round(time.perf_counter() - started, 1)
+    tasks = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}
+    with Session() as session:
+        rows = session.scalars(
+            sa.select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == run.run_id,
+                                       XComModel.key == "return_value")
+        ).all()
+        xcom = {row.task_id: XComModel.deserialize_value(row) for row in rows}
+    return {"dag_id": dag_id, "run_id": run.run_id, "state": str(getattr(run.state, "value", run.state)),
+            "tasks": tasks, "xcom": xcom, "seconds": seconds}
