@@ -7,6 +7,7 @@ run the same way.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -124,7 +125,10 @@ def run_dag_once(dag_id: str, logical_date: dt.date | None = None, conf: dict | 
         when = dt.datetime.combine(logical_date, dt.time(), tzinfo=dt.timezone.utc)
         kwargs.update(logical_date=when, run_after=when)
     started = time.perf_counter()
-    run = dag.test(**kwargs)
+    # Airflow 3.2.2's TaskInstance prints its outlet events to stdout (a stray debug print upstream):
+    # keep stdout for our tables and the JSON summary line
+    with contextlib.redirect_stdout(sys.stderr):
+        run = dag.test(**kwargs)
     seconds = round(time.perf_counter() - started, 1)
     tasks = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}
     with Session() as session:
