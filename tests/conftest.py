@@ -21,6 +21,21 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+# Airflow reads its configuration once, on first import, and several test areas import it (the
+# worker-pod checks, the DAG tests): point every one of them at one session home from the start.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="kpi-test-airflow-"))
+
+
+def pytest_configure(config):
+    from kpi.airflow_local import airflow_environment
+
+    os.environ.update(airflow_environment(_AIRFLOW_HOME))
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+
+
 def reference_file(*parts: str) -> Path:
     """A file under ../shared/reference, or skip the test with a clear message when it is absent."""
     path = SHARED.joinpath(*parts)

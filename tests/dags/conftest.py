@@ -1,7 +1,7 @@
 """Airflow for DAG tests: one self-contained Airflow home per test session.
 
-Fixture ``airflow_home`` (session): creates ``AIRFLOW_HOME`` in a temporary folder with a sqlite
-metadata DB, migrates it once (``airflow db migrate`` in a subprocess), points the DAGs folder at
+Fixture ``airflow_home`` (session): takes the session's ``AIRFLOW_HOME`` (a temporary folder that
+tests/conftest.py sets before any test imports airflow) with a sqlite metadata DB, migrates it once (``airflow db migrate`` in a subprocess), points the DAGs folder at
 ``pipelines/kpi/dags`` with examples off, and exports the settings into this process so that
 ``DagBag`` and ``dag.test()`` work. Airflow reads its configuration on first import, so test modules
 must import ``airflow`` (and DAG modules) inside tests that request ``airflow_home``, never at module
@@ -23,8 +23,6 @@ Usage (e.g. tests/dags/test_churn_dags.py)::
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,20 +32,9 @@ DAGS_FOLDER = Path(__file__).resolve().parents[2] / "pipelines" / "kpi" / "dags"
 
 @pytest.fixture(scope="session")
 def airflow_home():
-    """A migrated Airflow home for the whole session; the process environment points at it."""
+    """The session's Airflow home (set up by tests/conftest.py before anything imports airflow), migrated."""
     from kpi.airflow_local import activate_airflow_home, prepare_airflow_home
 
-    base = Path(tempfile.mkdtemp(prefix="kpi-test-airflow-"))
-    saved = {k: os.environ.get(k) for k in ("AIRFLOW_HOME",)}
-    env = prepare_airflow_home(base, dags_folder=DAGS_FOLDER)
-    saved.update({k: os.environ.get(k) for k in env})
+    env = prepare_airflow_home(Path(os.environ["AIRFLOW_HOME"]), dags_folder=DAGS_FOLDER)
     activate_airflow_home(env)
-    try:
-        yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(base, ignore_errors=True)
+    yield env
