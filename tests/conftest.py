@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "reference"
+AIRFLOW_DAGS_FOLDER = ROOT / "pipelines" / "kpi" / "dags"
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 # spark-submit and `weed` are found next to the interpreter
@@ -97,3 +98,13 @@ def kpi_env(tmp_path, monkeypatch, pg_url):
     yield settings
     monkeypatch.undo()
     reload_settings()
+
+
+@pytest.fixture(scope="session")
+def airflow_home():
+    """The session's Airflow home (set up by tests/conftest.py before anything imports airflow), migrated."""
+    from kpi.airflow_local import activate_airflow_home, prepare_airflow_home
+
+    env = prepare_airflow_home(Path(os.environ["AIRFLOW_HOME"]), dags_folder=AIRFLOW_DAGS_FOLDER)
+    activate_airflow_home(env)
+    yield env

@@ -49,7 +49,7 @@ def pod_template_file(manifests, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dagbag():
+def dagbag(airflow_home):
     from airflow.dag_processing.dagbag import DagBag
 
     if not any(p.name != "__init__.py" and not p.name.startswith("_") for p in DAGS_DIR.glob("*.py")):

@@ -1,5 +1,7 @@
 """Airflow for DAG tests: one self-contained Airflow home per test session.
 
+The fixture itself lives in tests/conftest.py (every area that imports airflow requests it first).
+
 Fixture ``airflow_home`` (session): takes the session's ``AIRFLOW_HOME`` (a temporary folder that
 tests/conftest.py sets before any test imports airflow) with a sqlite metadata DB, migrates it once (``airflow db migrate`` in a subprocess), points the DAGs folder at
 ``pipelines/kpi/dags`` with examples off, and exports the settings into this process so that
@@ -22,19 +24,7 @@ Usage (e.g. tests/dags/test_churn_dags.py)::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "pipelines" / "kpi" / "dags"
-
-
-@pytest.fixture(scope="session")
-def airflow_home():
-    """The session's Airflow home (set up by tests/conftest.py before anything imports airflow), migrated."""
-    from kpi.airflow_local import activate_airflow_home, prepare_airflow_home
-
-    env = prepare_airflow_home(Path(os.environ["AIRFLOW_HOME"]), dags_folder=DAGS_FOLDER)
-    activate_airflow_home(env)
-    yield env
