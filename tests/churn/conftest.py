@@ -88,3 +88,13 @@ def copy_sources(churn_data):
         return dest
 
     return _copy
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, churn_data):
+    """One real training run (job.py under spark-submit) on ``churn_data``, shared by the model tests."""
+    from model_support import trained_store
+
+    return trained_store(
+        tmp_path_factory.getbasetemp() / "churn-model-store", churn_data.url, churn_data.as_of.isoformat()
+    )

@@ -9,16 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from model_support import trained_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, churn_data):
-    return trained_store(
-        tmp_path_factory.getbasetemp() / "churn-model-store", churn_data.url, churn_data.as_of.isoformat()
-    )
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from model_support import TRIALS, trained_store
+from model_support import TRIALS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, churn_data):
-    return trained_store(
-        tmp_path_factory.getbasetemp() / "churn-model-store", churn_data.url, churn_data.as_of.isoformat()
-    )
 
 
 def test_job_prints_and_writes_the_result_document(trained, churn_data):
