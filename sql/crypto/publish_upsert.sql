@@ -1,5 +1,6 @@
 -- Upsert the run's valid rows into prod; a row is touched only when its values (or is_active) change.
--- Returns (inserted, updated).
+-- Returns (inserted, updated). No ORDER BY: the stage wrote staging in key order (its dedup sort), so the
+-- primary key's btree fills page by page; on a 1M-row window the same rows in file order took 9.9 s, not 6.6 s.
 WITH upserted AS (
     INSERT INTO prod.bt_crypto_events AS p (
         site_id, user_id, purchase_date, crypto_type, purchase_price, purchase_units, purchase_value,

@@ -77,6 +77,21 @@ ALTER TABLE raw.bt_crypto_transaction_history
         CASE WHEN purchase_price ~ '^-?[0-9]+(\.[0-9]+)?$' THEN purchase_price::numeric END) STORED,
     ADD COLUMN IF NOT EXISTS purchase_units_numeric numeric GENERATED ALWAYS AS (
         CASE WHEN purchase_units ~ '^-?[0-9]+(\.[0-9]+)?$' THEN purchase_units::numeric END) STORED;
+-- Derived once at ingest too: significant decimals, price * units with exact numerics, and that product
+-- as prod stores it. (A generated column cannot use another one, hence the repeated guarded casts.)
+ALTER TABLE raw.bt_crypto_transaction_history
+    ADD COLUMN IF NOT EXISTS purchase_price_scale int GENERATED ALWAYS AS (
+        CASE WHEN purchase_price ~ '^-?[0-9]+(\.[0-9]+)?$' THEN scale(trim_scale(purchase_price::numeric)) END) STORED,
+    ADD COLUMN IF NOT EXISTS purchase_units_scale int GENERATED ALWAYS AS (
+        CASE WHEN purchase_units ~ '^-?[0-9]+(\.[0-9]+)?$' THEN scale(trim_scale(purchase_units::numeric)) END) STORED,
+    ADD COLUMN IF NOT EXISTS purchase_value_exact numeric GENERATED ALWAYS AS (
+        CASE WHEN purchase_price ~ '^-?[0-9]+(\.[0-9]+)?$' AND purchase_units ~ '^-?[0-9]+(\.[0-9]+)?$'
+             THEN purchase_price::numeric * purchase_units::numeric END) STORED,
+    -- NULL when the product does not fit prod's numeric(38, 16) (a rule rejects such rows)
+    ADD COLUMN IF NOT EXISTS purchase_value_fitted numeric(38, 16) GENERATED ALWAYS AS (
+        CASE WHEN purchase_price ~ '^-?[0-9]+(\.[0-9]+)?$' AND purchase_units ~ '^-?[0-9]+(\.[0-9]+)?$'
+                  AND abs(purchase_price::numeric * purchase_units::numeric) < 1e21
+             THEN (purchase_price::numeric * purchase_units::numeric)::numeric(38, 16) END) STORED;
 CREATE INDEX IF NOT EXISTS bt_crypto_transaction_history_date
     ON raw.bt_crypto_transaction_history (purchase_date_parsed);
 CREATE INDEX IF NOT EXISTS bt_crypto_transaction_history_batch

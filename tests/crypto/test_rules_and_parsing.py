@@ -41,7 +41,15 @@ def test_rule_list_has_unique_reasons_and_feeds_the_row_level_sql():
     assert len(reasons) == len(set(reasons)) >= 20
     sql = rules.reasons_sql()
     for rule in rules.RULES:
-        assert f"CASE WHEN {rule.predicate} THEN '{rule.reason}' END" in sql
+        assert rules.rule_case_sql(rule) in sql
+        assert f"WHEN {rule.predicate} THEN '{rule.reason}' END" in rules.rule_case_sql(rule)
+
+
+def test_only_canonically_spelled_allowed_values_can_skip_the_spelling_rule():
+    params = rules.sql_params(["ARGENTINA", "brasil", "CHILE "], ["BTC", "eth", "USDT"])
+    assert params["sites"] == ["ARGENTINA", "brasil", "CHILE "]
+    assert params["canonical_sites"] == ["ARGENTINA"]
+    assert params["canonical_cryptos"] == ["BTC", "USDT"]
 
 
 def test_rule_list_feeds_the_expectation_suite_one_expectation_per_rule():

@@ -124,17 +124,22 @@ def primary_reason_counts(conn: psycopg.Connection, run_id: str) -> dict[str, in
 
 def stage_window(logical_date: dt.date, run_id: str, settings: Settings | None = None,
                  conn: psycopg.Connection | None = None) -> dict:
-    """Type the window's raw rows into staging (one INSERT ... SELECT) and open the run in dq_runs.
+    """Type the window's raw rows into staging and open the run in dq_runs.
+
+    Two statements: the window's days (raw rows per day, latest extract per day), then one
+    ``INSERT ... SELECT`` of every raw row of the window with its status and reasons.
 
     Also checks conservation: the raw rows of the window, counted independently, equal the staged rows.
     """
+    from kpi.crypto.rules import sql_params
+
     settings = settings or get_settings()
     start, end = window_bounds(logical_date, settings)
     params = {"run_id": run_id, "window_start": start, "window_end": end,
-              "sites": list(settings.crypto_allowed_sites), "cryptos": list(settings.crypto_allowed_cryptos)}
+              **sql_params(settings.crypto_allowed_sites, settings.crypto_allowed_cryptos)}
     with _connection(settings, conn) as c:
         _lock(c)
-        c.execute("SET LOCAL work_mem = '256MB'")  # the window's two sorts stay in memory up to ~1M rows
+        c.execute("SET LOCAL work_mem = '256MB'")  # the window's sort stays in memory up to ~1M rows
         # keep staging small: rows of finished runs and of this run's earlier attempt go; when no other
         # run is in flight that is every row, and TRUNCATE frees a 1M-row window at once (DELETE took seconds)
         in_flight = c.execute("SELECT count(*) FROM dqm.dq_runs WHERE pipeline = %s AND finished_at IS NULL"
@@ -144,10 +149,16 @@ def stage_window(logical_date: dt.date, run_id: str, settings: Settings | None =
                       " (SELECT run_id FROM dqm.dq_runs WHERE finished_at IS NOT NULL)", (run_id,))
         else:
             c.execute("TRUNCATE staging.bt_crypto_events_candidate")
-        raw_rows = c.execute(_sql("count_window", settings), params).fetchone()[0]
-        staged = c.execute(_sql("stage_window", settings), params).rowcount
+        days = c.execute(_sql("window_days", settings), params).fetchall()
+        raw_rows = sum(n for _, _, n in days)
+        staged = c.execute(_sql("stage_window", settings), {
+            **params, "days": [d for d, _, _ in days], "latest_batches": [b for _, b, _ in days]}).rowcount
         if staged != raw_rows:
             raise ConservationError(f"window {start}..{end}: {raw_rows} raw rows but {staged} staged")
+        # statistics for the publish joins (only the columns they filter and join on: a full ANALYZE of the
+        # wide rows took 0.4 s for 1M rows)
+        c.execute("ANALYZE staging.bt_crypto_events_candidate"
+                  " (run_id, status, superseded_by, window_date, site_id, user_id, purchase_date, crypto_type)")
         counts = _status_counts(c, run_id)
         c.execute(
             "INSERT INTO dqm.dq_runs (run_id, pipeline, logical_date, window_start, window_end, status, raw_rows,"
@@ -163,28 +174,20 @@ def stage_window(logical_date: dt.date, run_id: str, settings: Settings | None =
             {"run_id": run_id, "pipeline": PIPELINE, "d": logical_date, "s": start, "e": end, "raw": raw_rows,
              "staged": staged, "threshold": settings.crypto_reject_threshold, **counts})
         c.commit()
-        # fresh statistics: GE's queries and the publish joins plan on the staged rows
-        c.execute("ANALYZE staging.bt_crypto_events_candidate")
-        c.commit()
     return jsonable({"run_id": run_id, "logical_date": logical_date, "window_start": start, "window_end": end,
                      "raw_rows": raw_rows, "staged": staged, **counts})
 
 
-def validate_window(logical_date: dt.date, run_id: str, settings: Settings | None = None,
-                    conn: psycopg.Connection | None = None) -> dict:
-    """Run the GE suite (built from the rule list) inside Postgres on the run's current rows.
+def run_validation(settings: Settings, run_id: str, logical_date: dt.date, expected: dict[str, int]) -> dict:
+    """Run the GE suite (built from the rule list) inside Postgres on the run's current rows and check it.
 
-    Stores the validation result and Data Docs under ``KPI_STORAGE_URL`` and cross-checks GE's
-    unexpected counts against the row-level reasons (they come from the same rule list, so any
-    difference is a bug and fails the step).
+    Stores the validation result and Data Docs under ``KPI_STORAGE_URL``. Raises when a structural
+    expectation fails or when GE's unexpected counts differ from ``expected`` (the rows per reason that the
+    stage computed from the same rule list: any difference is a bug). Takes no lock and writes nothing to
+    the warehouse, so it can run beside the publish transaction (see :func:`run_window`).
     """
     from kpi.crypto.validation import run_expectations
 
-    settings = settings or get_settings()
-    with _connection(settings, conn) as c:
-        run = _run_row(c, run_id)
-        expected = reason_counts(c, run_id)
-        c.commit()
     outcome = run_expectations(settings, run_id, logical_date)
     disagree = {r: (outcome["unexpected"].get(r, 0), expected.get(r, 0))
                 for r in set(outcome["unexpected"]) | set(expected)
@@ -194,16 +197,41 @@ def validate_window(logical_date: dt.date, run_id: str, settings: Settings | Non
         raise RuntimeError(f"structural expectations failed on the staged rows (a stage bug): {broken_structure}")
     if disagree:
         raise RuntimeError(f"GE and the row-level rules disagree (reason: (GE, rows)): {disagree}")
+    return outcome
+
+
+def _record_validation(c: psycopg.Connection, run_id: str, outcome: dict) -> None:
+    c.execute("UPDATE dqm.dq_runs SET status = 'validated', ge_success = %s, ge_statistics = %s,"
+              " ge_results_url = %s, data_docs_url = %s WHERE run_id = %s",
+              (outcome["success"], json.dumps(outcome["statistics"]), outcome["results_url"],
+               outcome["data_docs_url"], run_id))
+
+
+def validate_window(logical_date: dt.date, run_id: str, settings: Settings | None = None,
+                    conn: psycopg.Connection | None = None) -> dict:
+    """The validation step: :func:`run_validation` on the staged run, then ``dq_runs`` says validated."""
+    settings = settings or get_settings()
+    with _connection(settings, conn) as c:
+        run = _run_row(c, run_id)
+        expected = reason_counts(c, run_id)
+        c.commit()
+    outcome = run_validation(settings, run_id, logical_date, expected)
     with _connection(settings, conn) as c:
         _lock(c)
-        c.execute("UPDATE dqm.dq_runs SET status = 'validated', ge_success = %s, ge_statistics = %s,"
-                  " ge_results_url = %s, data_docs_url = %s WHERE run_id = %s",
-                  (outcome["success"], json.dumps(outcome["statistics"]), outcome["results_url"],
-                   outcome["data_docs_url"], run_id))
+        _record_validation(c, run_id, outcome)
         c.commit()
     return {"run_id": run_id, "raw_rows": run["raw_rows"], "ge_success": outcome["success"],
             "ge_statistics": outcome["statistics"], "broken_rules": expected,
             "ge_results_url": outcome["results_url"], "data_docs_url": outcome["data_docs_url"]}
+
+
+def _quarantine(c: psycopg.Connection, run_id: str, logical_date: dt.date, settings: Settings) -> dict:
+    recorded = c.execute(_sql("quarantine", settings), {"run_id": run_id, "logical_date": logical_date}).rowcount
+    reasons = primary_reason_counts(c, run_id)
+    c.execute("UPDATE dqm.dq_runs SET status = 'quarantined', top_reasons = %s WHERE run_id = %s",
+              (json.dumps(reasons), run_id))
+    return {"run_id": run_id, "quarantined": sum(reasons.values()), "rejects_recorded": recorded,
+            "reasons": reasons}
 
 
 def quarantine_rows(logical_date: dt.date, run_id: str, settings: Settings | None = None,
@@ -213,14 +241,9 @@ def quarantine_rows(logical_date: dt.date, run_id: str, settings: Settings | Non
     with _connection(settings, conn) as c:
         _lock(c)
         _run_row(c, run_id)
-        recorded = c.execute(_sql("quarantine", settings),
-                             {"run_id": run_id, "logical_date": logical_date}).rowcount
-        reasons = primary_reason_counts(c, run_id)
-        c.execute("UPDATE dqm.dq_runs SET status = 'quarantined', top_reasons = %s WHERE run_id = %s",
-                  (json.dumps(reasons), run_id))
+        result = _quarantine(c, run_id, logical_date, settings)
         c.commit()
-    return {"run_id": run_id, "quarantined": sum(reasons.values()), "rejects_recorded": recorded,
-            "reasons": reasons}
+    return result
 
 
 def check_gate(counts: dict, threshold: float) -> tuple[bool, float]:
@@ -228,6 +251,55 @@ def check_gate(counts: dict, threshold: float) -> tuple[bool, float]:
     judged = counts["valid"] + counts["rejected"]
     share = counts["rejected"] / judged if judged else 0.0
     return share <= threshold, share
+
+
+def _gate(c: psycopg.Connection, run: dict, logical_date: dt.date, settings: Settings) -> tuple[dict, float, str | None]:
+    """(status counts, rejected share, failure message or None). Refuses a stage made stale by another
+    run's publish of an overlapping window."""
+    stale = c.execute(
+        "SELECT run_id FROM dqm.dq_runs WHERE pipeline = %s AND run_id <> %s AND status = 'published'"
+        " AND window_start <= %s AND window_end >= %s AND finished_at > %s LIMIT 1",
+        (PIPELINE, run["run_id"], run["window_end"], run["window_start"], run["started_at"])).fetchone()
+    if stale:
+        raise StaleStage(f"run {stale[0]} published an overlapping window after {run['run_id']} was staged;"
+                         " rerun this date")
+    # the stage's counts (dq_runs) are the staged rows' counts: nothing changes staging after the stage
+    counts = {"valid": run["valid"], "rejected": run["quarantined"], "superseded": run["superseded"]}
+    passed, share = check_gate(counts, settings.crypto_reject_threshold)
+    if passed:
+        return counts, share, None
+    top = primary_reason_counts(c, run["run_id"])
+    top_text = ", ".join(f"{r} ({n})" for r, n in list(top.items())[:3])
+    return counts, share, (f"gate failed for {logical_date}: {counts['rejected']} of "
+                           f"{counts['valid'] + counts['rejected']} rows rejected ({share:.1%} > "
+                           f"{settings.crypto_reject_threshold:.1%}); top reasons: {top_text}; nothing published")
+
+
+def _record_gate_failed(c: psycopg.Connection, run_id: str, share: float, message: str) -> dict:
+    top = primary_reason_counts(c, run_id)
+    c.execute("UPDATE dqm.dq_runs SET status = 'gate_failed', gate = 'failed', reject_share = %s,"
+              " top_reasons = %s, error = %s, finished_at = now() WHERE run_id = %s",
+              (share, json.dumps(top), message, run_id))
+    return {"gate": "failed", "reject_share": share, "top_reasons": top}
+
+
+def _publish(c: psycopg.Connection, run_id: str, counts: dict, share: float, settings: Settings) -> dict:
+    """Write the run's valid rows to prod (in the caller's transaction, not committed here)."""
+    params = {"run_id": run_id}
+    c.execute("SET LOCAL work_mem = '256MB'")
+    reactivated = c.execute(_sql("publish_reactivated", settings), params).fetchone()[0]
+    # deactivate first: it touches only keys the run does not hold, the upsert only keys it holds, so the
+    # order does not change the result, and the anti-join then scans prod before this run's inserts land
+    deactivated = c.execute(_sql("publish_deactivate", settings), params).rowcount
+    inserted, updated = c.execute(_sql("publish_upsert", settings), params).fetchone()
+    unchanged = counts["valid"] - inserted - updated
+    c.execute("UPDATE dqm.dq_runs SET status = 'published', gate = 'passed', reject_share = %s,"
+              " inserted = %s, updated = %s, unchanged = %s, deactivated = %s, reactivated = %s,"
+              " finished_at = now() WHERE run_id = %s",
+              (share, inserted, updated, unchanged, deactivated, reactivated, run_id))
+    return {"run_id": run_id, "gate": "passed", "reject_share": share, "published": counts["valid"],
+            "inserted": inserted, "updated": updated, "unchanged": unchanged, "deactivated": deactivated,
+            "reactivated": reactivated}
 
 
 def publish_window(logical_date: dt.date, run_id: str, settings: Settings | None = None,
@@ -239,43 +311,17 @@ def publish_window(logical_date: dt.date, run_id: str, settings: Settings | None
     names the top reasons.
     """
     settings = settings or get_settings()
-    params = {"run_id": run_id}
     with _connection(settings, conn) as c:
         _lock(c)
         run = _run_row(c, run_id)
-        stale = c.execute(
-            "SELECT run_id FROM dqm.dq_runs WHERE pipeline = %s AND run_id <> %s AND status = 'published'"
-            " AND window_start <= %s AND window_end >= %s AND finished_at > %s LIMIT 1",
-            (PIPELINE, run_id, run["window_end"], run["window_start"], run["started_at"])).fetchone()
-        if stale:
-            raise StaleStage(f"run {stale[0]} published an overlapping window after {run_id} was staged;"
-                             " rerun this date")
-        counts = _status_counts(c, run_id)
-        passed, share = check_gate(counts, settings.crypto_reject_threshold)
-        if not passed:
-            top = primary_reason_counts(c, run_id)
-            top_text = ", ".join(f"{r} ({n})" for r, n in list(top.items())[:3])
-            message = (f"gate failed for {logical_date}: {counts['rejected']} of "
-                       f"{counts['valid'] + counts['rejected']} rows rejected ({share:.1%} > "
-                       f"{settings.crypto_reject_threshold:.1%}); top reasons: {top_text}; nothing published")
-            c.execute("UPDATE dqm.dq_runs SET status = 'gate_failed', gate = 'failed', reject_share = %s,"
-                      " top_reasons = %s, error = %s, finished_at = now() WHERE run_id = %s",
-                      (share, json.dumps(top), message, run_id))
+        counts, share, failure = _gate(c, run, logical_date, settings)
+        if failure:
+            detail = _record_gate_failed(c, run_id, share, failure)
             c.commit()
-            raise GateFailed(message, {"gate": "failed", "reject_share": share, "top_reasons": top})
-        c.execute("SET LOCAL work_mem = '256MB'")
-        reactivated = c.execute(_sql("publish_reactivated", settings), params).fetchone()[0]
-        inserted, updated = c.execute(_sql("publish_upsert", settings), params).fetchone()
-        deactivated = c.execute(_sql("publish_deactivate", settings), params).rowcount
-        unchanged = counts["valid"] - inserted - updated
-        c.execute("UPDATE dqm.dq_runs SET status = 'published', gate = 'passed', reject_share = %s,"
-                  " inserted = %s, updated = %s, unchanged = %s, deactivated = %s, reactivated = %s,"
-                  " finished_at = now() WHERE run_id = %s",
-                  (share, inserted, updated, unchanged, deactivated, reactivated, run_id))
+            raise GateFailed(failure, detail)
+        result = _publish(c, run_id, counts, share, settings)
         c.commit()
-    return {"run_id": run_id, "gate": "passed", "reject_share": share, "published": counts["valid"],
-            "inserted": inserted, "updated": updated, "unchanged": unchanged, "deactivated": deactivated,
-            "reactivated": reactivated}
+    return result
 
 
 def publish_window_or_fail(logical_date: dt.date, run_id: str, settings: Settings | None = None) -> dict:
@@ -325,8 +371,17 @@ def run_summary(run: dict) -> dict:
 def run_window(logical_date: dt.date, run_id: str | None = None, settings: Settings | None = None) -> dict:
     """All steps for one logical date in one process, under a session-level advisory lock.
 
+    Stage, then validation by GE on a thread of its own (its own connections) WHILE this connection
+    quarantines, gates and writes the publish in one transaction; that transaction commits only after
+    the validation has passed and agreed with the row-level reasons, and rolls back otherwise. Nobody
+    ever sees prod holding rows that were not validated (the transaction is invisible until it
+    commits), and the two CPU-bound halves use both cores. The Airflow DAG runs the same steps one
+    task after the other instead (:func:`validate_window` ... :func:`publish_window`).
+
     Returns the summary; on a failed gate the summary has ``ok: False`` and ``error`` (prod untouched).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from kpi.db import connect, database_url
 
     settings = settings or get_settings()
@@ -335,24 +390,41 @@ def run_window(logical_date: dt.date, run_id: str | None = None, settings: Setti
         conn.execute("SELECT pg_advisory_lock(%s)", (CRYPTO_LOCK,))
         conn.commit()
         timings: dict[str, float] = {}
-
-        def timed(step, name):
-            began = time.perf_counter()
-            try:
-                return step(logical_date, run_id, settings, conn)
-            finally:
-                timings[name] = round(time.perf_counter() - began, 3)
-
+        began = time.perf_counter()
         try:
-            timed(stage_window, "stage")
-            timed(validate_window, "validate")
-            timed(quarantine_rows, "quarantine")
-            try:
-                timed(publish_window, "publish")
-            except GateFailed as exc:
-                summary = report_run(logical_date, run_id, settings, conn)
-                return {"ok": False, "error": str(exc), **summary, "seconds": timings}
-            return {**report_run(logical_date, run_id, settings, conn), "seconds": timings}
+            stage_window(logical_date, run_id, settings, conn)
+            timings["stage"] = round(time.perf_counter() - began, 3)
+            expected = reason_counts(conn, run_id)
+            conn.commit()
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpi-validate") as pool:
+                began = time.perf_counter()
+                validation = pool.submit(run_validation, settings, run_id, logical_date, expected)
+                try:
+                    # one transaction from here to the commit below
+                    _lock(conn)
+                    run = _run_row(conn, run_id)
+                    _quarantine(conn, run_id, logical_date, settings)
+                    counts, share, failure = _gate(conn, run, logical_date, settings)
+                    if not failure:
+                        _publish(conn, run_id, counts, share, settings)
+                    timings["quarantine_publish"] = round(time.perf_counter() - began, 3)
+                    outcome = validation.result()  # raises when GE failed or disagreed: rollback below
+                    timings["validate"] = round(time.perf_counter() - began, 3)
+                    _record_validation(conn, run_id, outcome)
+                    if failure:
+                        _record_gate_failed(conn, run_id, share, failure)
+                    else:  # _record_validation set status 'validated': the publish wrote 'published'
+                        conn.execute("UPDATE dqm.dq_runs SET status = 'published' WHERE run_id = %s", (run_id,))
+                    conn.commit()
+                    timings["validate_quarantine_publish"] = round(time.perf_counter() - began, 3)
+                except BaseException:
+                    conn.rollback()
+                    validation.cancel()
+                    raise
+            summary = {**report_run(logical_date, run_id, settings, conn), "seconds": timings}
+            if failure:
+                return {"ok": False, "error": failure, **summary}
+            return summary
         except Exception as exc:
             conn.rollback()
             _mark_failed(conn, run_id, exc)

@@ -40,12 +40,17 @@ class Rule:
             ``%(cryptos)s`` are the allowed values (text arrays).
         expectation: builds the GE expectation checking the same thing, given the settings' lists.
         description: one line for people.
+        guard: optional cheap SQL that is true only where the predicate is certainly false (for example
+            "the site is one of the allowed canonical sites" for the canonical-spelling regex); the row-level
+            SQL then skips the predicate for such rows. It never changes a result, only what it costs (the
+            validation step's count cross-check would catch a wrong guard).
     """
 
     reason: str
     predicate: str
     expectation: Callable[[Sequence[str], Sequence[str]], Any]
     description: str
+    guard: str | None = None
 
 
 def _gx():
@@ -68,13 +73,14 @@ RULES: tuple[Rule, ...] = (
          "the line does not have exactly the six columns of the header"),
     Rule("site_id_missing", "site_id IS NULL", _not_null("site_id"), "SITE_ID is empty"),
     Rule("site_id_not_canonical", f"site_id !~ '{SITE_CANONICAL_RE}'", _regex("site_id", SITE_CANONICAL_RE),
-         "SITE_ID has lower case, spaces or other characters"),
+         "SITE_ID has lower case, spaces or other characters", guard="site_id = ANY(%(canonical_sites)s)"),
     Rule("site_id_unknown", "site_id <> ALL(%(sites)s)",
          lambda s, c: _gx().ExpectColumnValuesToBeInSet(column="site_id", value_set=list(s)),
          "SITE_ID is not an allowed site"),
     Rule("user_id_missing", "user_id_text IS NULL", _not_null("user_id_text"), "USER_ID is empty"),
     Rule("user_id_not_integer", f"user_id_text !~ '{USER_ID_RE}'", _regex("user_id_text", USER_ID_RE),
-         "USER_ID is not a non-negative integer"),
+         # user_id is raw's cast of user_id_text guarded by the same regex: not NULL means it matched
+         "USER_ID is not a non-negative integer", guard="user_id IS NOT NULL"),
     Rule("user_id_too_long", f"length(user_id_text) > {USER_ID_MAX_DIGITS}",
          lambda s, c: _gx().ExpectColumnValueLengthsToBeBetween(column="user_id_text", max_value=USER_ID_MAX_DIGITS),
          f"USER_ID has more than {USER_ID_MAX_DIGITS} characters"),
@@ -96,7 +102,8 @@ RULES: tuple[Rule, ...] = (
          "PURCHASE_DATE is later than the day the file was extracted"),
     Rule("crypto_type_missing", "crypto_type IS NULL", _not_null("crypto_type"), "CRYPTO_TYPE is empty"),
     Rule("crypto_type_not_canonical", f"crypto_type !~ '{CRYPTO_CANONICAL_RE}'",
-         _regex("crypto_type", CRYPTO_CANONICAL_RE), "CRYPTO_TYPE has lower case, spaces or other characters"),
+         _regex("crypto_type", CRYPTO_CANONICAL_RE), "CRYPTO_TYPE has lower case, spaces or other characters",
+         guard="crypto_type = ANY(%(canonical_cryptos)s)"),
     Rule("crypto_type_unknown", "crypto_type <> ALL(%(cryptos)s)",
          lambda s, c: _gx().ExpectColumnValuesToBeInSet(column="crypto_type", value_set=list(c)),
          "CRYPTO_TYPE is not an allowed crypto"),
@@ -147,10 +154,27 @@ STRUCTURAL_CHECKS = ("columns_present", "unique_keys")
 REASONS = tuple(r.reason for r in RULES)
 
 
+def rule_case_sql(rule: Rule) -> str:
+    """SQL expression: the rule's reason when the row breaks it, else NULL (the guard skips the predicate)."""
+    if rule.guard:
+        return f"CASE WHEN {rule.guard} THEN NULL WHEN {rule.predicate} THEN '{rule.reason}' END"
+    return f"CASE WHEN {rule.predicate} THEN '{rule.reason}' END"
+
+
 def reasons_sql(rules: Sequence[Rule] = RULES) -> str:
     """SQL expression: the array of reasons (in rule order) whose predicate is true for the row."""
-    cases = ",\n        ".join(f"CASE WHEN {r.predicate} THEN '{r.reason}' END" for r in rules)
+    cases = ",\n        ".join(rule_case_sql(r) for r in rules)
     return f"array_remove(ARRAY[\n        {cases}\n    ]::text[], NULL)"
+
+
+def sql_params(sites: Sequence[str], cryptos: Sequence[str]) -> dict[str, list[str]]:
+    """The parameters the predicates and guards use: the allowed values, and those of them that are spelled
+    canonically (only those prove a canonical spelling, whatever the settings hold)."""
+    import re
+
+    return {"sites": list(sites), "cryptos": list(cryptos),
+            "canonical_sites": [s for s in sites if re.fullmatch(SITE_CANONICAL_RE[1:-1], s)],
+            "canonical_cryptos": [c for c in cryptos if re.fullmatch(CRYPTO_CANONICAL_RE[1:-1], c)]}
 
 
 def expectation_suite(sites: Sequence[str], cryptos: Sequence[str], name: str = "crypto_events"):
@@ -166,6 +190,13 @@ def expectation_suite(sites: Sequence[str], cryptos: Sequence[str], name: str = 
         expectation = rule.expectation(sites, cryptos)
         expectation.meta = {"reason": rule.reason, "predicate": rule.predicate}
         suite.add_expectation(expectation)
-    suite.add_expectation(gx.expectations.ExpectCompoundColumnsToBeUnique(
-        column_list=list(KEY_COLUMNS), ignore_row_if="any_value_is_missing", meta={"reason": "unique_keys"}))
+    # One GROUP BY in the database. ExpectCompoundColumnsToBeUnique answers the same question but joins every
+    # row back to its group's count (2.8 s instead of about 1 s on a 1M-row window).
+    complete = " AND ".join(f"{c} IS NOT NULL" for c in KEY_COLUMNS)
+    keys = ", ".join(KEY_COLUMNS)
+    suite.add_expectation(gx.expectations.UnexpectedRowsExpectation(
+        unexpected_rows_query=f"SELECT {keys}, count(*) AS rows FROM {{batch}} WHERE {complete}"
+                              f" GROUP BY {keys} HAVING count(*) > 1",
+        description="every complete key (site, user, date, crypto) occurs at most once",
+        meta={"reason": "unique_keys"}))
     return suite

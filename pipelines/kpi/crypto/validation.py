@@ -49,7 +49,7 @@ def run_expectations(settings: Settings, run_id: str, logical_date: dt.date) -> 
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    from kpi.crypto.rules import expectation_suite
+    from kpi.crypto.rules import STRUCTURAL_CHECKS, expectation_suite
     from kpi.db import database_url
     from kpi.storage import filesystem, join, write_text
 
@@ -85,17 +85,22 @@ def run_expectations(settings: Settings, run_id: str, logical_date: dt.date) -> 
         unexpected: dict[str, int] = {}
         for item in validation.results:
             reason = (item.expectation_config.meta or {}).get("reason")
-            count = (item.result or {}).get("unexpected_count")
-            if reason and count is not None:
+            result = item.result or {}
+            count = result.get("unexpected_count")
+            if reason in STRUCTURAL_CHECKS:  # no row-level reason: 0 when it holds, else what GE saw (or -1)
+                observed = result.get("observed_value")
+                unexpected[reason] = 0 if item.success else (
+                    int(observed) if isinstance(observed, int) and observed > 0 else -1)
+            elif reason and count is not None:
                 unexpected[reason] = int(count)
             elif reason and not item.success:
-                unexpected[reason] = -1  # structural expectation failed (no row count)
+                unexpected[reason] = -1
         results_url = write_text(join(base, "validation_result.json"),
                                  json.dumps(validation.to_json_dict(), indent=1, default=str), settings)
         fs, path = filesystem(join(base, "data_docs"), settings)
         fs.put(str(docs_dir) + "/", path, recursive=True)
         stats = dict(validation.statistics)
-    structural = {r: n for r, n in unexpected.items() if r in ("columns_present", "unique_keys")}
+    structural = {r: n for r, n in unexpected.items() if r in STRUCTURAL_CHECKS}
     return {"success": bool(validation.success), "statistics": stats,
             "unexpected": {r: n for r, n in unexpected.items() if r not in structural and n > 0},
             "structural": structural, "results_url": results_url,
