@@ -4,9 +4,14 @@ Usage: ``.venv/bin/python benchmarks/crypto_window.py [--rows-per-day 200000] [-
 
 Starts its own embedded Postgres (unless ``KPI_DATABASE_URL`` is set), simulates the extracts and
 ingests them with the CLI in subprocesses (so this process's peak RSS is the run's), then times in this
-process: the full gated run (stage, GE validation in Postgres, quarantine, publish) and, on the same
-database, the lower bound: one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` of the already typed rows
-into an empty copy of prod. Writes ``benchmarks/results/crypto_window.json``.
+process, alternating:
+- the full gated run as ``kpi crypto run`` does it (stage, then GE validation in Postgres on its own
+  thread beside the quarantine and the publish, whose transaction commits only after validation passed),
+  into an empty prod; then the same date again on the prod it wrote (a rerun: nothing changes);
+- the same steps one after the other, in the DAG's order, into an empty prod;
+- on the same database, the lower bound: one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` of the
+  already typed rows, presorted in the order that suits the upsert best, into an empty copy of prod.
+Writes ``benchmarks/results/crypto_window.json``.
 Targets (issue 2, 2-core machine): ratio <= 3, >= 50,000 rows/s, peak RSS <= 1 GiB.
 """
 
@@ -82,7 +87,8 @@ def main() -> dict:
         ingested = _kpi(env, "crypto", "ingest", str(work / "src"))
         ingest_s = time.perf_counter() - began
 
-        from kpi.crypto.pipeline import run_window
+        from kpi.crypto.pipeline import (publish_window, quarantine_rows, report_run, run_window, stage_window,
+                                         validate_window)
         from kpi.settings import reload_settings
 
         import great_expectations  # noqa: F401 - import time is not part of the run
@@ -96,18 +102,42 @@ def main() -> dict:
             conn.execute(f"VACUUM (ANALYZE) {', '.join(tables)}")
             conn.execute("CHECKPOINT")
 
+        def sequential(run_id: str) -> dict:
+            # the DAG's order, one step after the other (each task of crypto_events calls one of these)
+            seconds = {}
+            for name, step in (("stage", stage_window), ("validate", validate_window),
+                               ("quarantine", quarantine_rows), ("publish", publish_window)):
+                began = time.perf_counter()
+                step(end, run_id, settings)
+                seconds[name] = round(time.perf_counter() - began, 3)
+            return {**report_run(end, run_id, settings), "seconds": seconds}
+
         fulls: list[tuple[float, dict]] = []
         bares: list[tuple[float, int]] = []
+        seqs: list[tuple[float, dict]] = []
+        reruns: list[tuple[float, dict]] = []
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
             for attempt in range(args.repeat):
-                # the full run and the bare upsert alternate, so that both see the same machine load
+                # the DAG-order run, the full run and the bare upsert alternate, so that all see the same load
+                conn.execute("TRUNCATE prod.bt_crypto_events, dqm.bt_crypto_events_rejects")
+                settle(conn, "raw.bt_crypto_transaction_history", "raw.crypto_ingest_batches",
+                       "prod.bt_crypto_events", "dqm.bt_crypto_events_rejects")
+                began = time.perf_counter()
+                summary = sequential(f"bench-seq-{attempt}")
+                seqs.append((time.perf_counter() - began, summary))
+
                 conn.execute("TRUNCATE prod.bt_crypto_events, dqm.bt_crypto_events_rejects")
                 settle(conn, "raw.bt_crypto_transaction_history", "raw.crypto_ingest_batches",
                        "prod.bt_crypto_events", "dqm.bt_crypto_events_rejects")
                 began = time.perf_counter()
                 summary = run_window(end, f"bench-full-{attempt}", settings)
                 fulls.append((time.perf_counter() - began, summary))
+                # the same date again on the prod it just wrote: the steady state of a rerun (nothing changes)
+                settle(conn, "prod.bt_crypto_events", "dqm.bt_crypto_events_rejects")
+                began = time.perf_counter()
+                rerun = run_window(end, f"bench-rerun-{attempt}", settings)
+                reruns.append((time.perf_counter() - began, rerun))
 
                 conn.execute("DROP TABLE IF EXISTS bench.typed, bench.bt_crypto_events_bare")
                 conn.execute("CREATE TABLE bench.typed AS SELECT site_id, user_id, purchase_date, crypto_type,"
@@ -116,7 +146,7 @@ def main() -> dict:
                              # the most favourable order for the upsert (see publish_upsert.sql): the bare
                              # side gets its sort for free, so it stays a strict lower bound
                              " ORDER BY user_id, purchase_date, site_id, crypto_type",
-                             (f"bench-full-{attempt}",))
+                             (f"bench-rerun-{attempt}",))
                 conn.execute("CREATE TABLE bench.bt_crypto_events_bare (LIKE prod.bt_crypto_events INCLUDING ALL)")
                 settle(conn, "bench.typed", "bench.bt_crypto_events_bare")
                 began = time.perf_counter()
@@ -124,6 +154,10 @@ def main() -> dict:
                 bares.append((time.perf_counter() - began, bare_rows))
             conn.execute("DROP SCHEMA bench CASCADE")
         full_s = statistics.median(t for t, _ in fulls)
+        seq_s = statistics.median(t for t, _ in seqs)
+        seq_summary = sorted(seqs, key=lambda run: run[0])[len(seqs) // 2][1]
+        rerun_s = statistics.median(t for t, _ in reruns)
+        rerun_summary = sorted(reruns, key=lambda run: run[0])[len(reruns) // 2][1]
         bare_s = statistics.median(t for t, _ in bares)
         summary = sorted(fulls, key=lambda run: run[0])[len(fulls) // 2][1]  # the median run's steps
         bare_rows = bares[-1][1]
@@ -142,8 +176,18 @@ def main() -> dict:
             "full_run_seconds": round(full_s, 3),
             "full_run_steps_seconds": summary.get("seconds"),
             "bare_upsert_seconds": round(bare_s, 3),
+            "full_run_mode": "kpi crypto run: GE validation on its own thread beside the uncommitted publish",
+            "sequential_run_seconds": round(seq_s, 3),
+            "sequential_run_steps_seconds": seq_summary.get("seconds"),
+            "sequential_ratio_to_bare": round(seq_s / bare_s, 3),
+            "sequential_rows_per_second": round(seq_summary["raw_rows"] / seq_s),
+            "sequential_run_mode": "the DAG's order: stage, validate, quarantine, publish one after the other",
+            "rerun_seconds": round(rerun_s, 3),
+            "rerun_changes": {k: rerun_summary[k] for k in ("inserted", "updated", "deactivated", "reactivated")},
             "repeats": {"full_run_seconds": [round(t, 3) for t, _ in fulls],
                         "full_run_steps_seconds": [s.get("seconds") for _, s in fulls],
+                        "sequential_run_seconds": [round(t, 3) for t, _ in seqs],
+                        "rerun_seconds": [round(t, 3) for t, _ in reruns],
                         "bare_upsert_seconds": [round(t, 3) for t, _ in bares],
                         "ratios": [round(f / b, 3) for (f, _), (b, _) in zip(fulls, bares)],
                         "statistic": "median"},
