@@ -7,6 +7,7 @@ nothing is connected; call :func:`get_settings` where a value is needed.
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
     sql_dir: Path | None = Field(None, description="Folder of the bootstrap DDL; unset: the repository's sql/.")
 
     # --- crypto --------------------------------------------------------------------------------------
+    crypto_start_date: dt.date = Field(
+        dt.date(2026, 1, 1),
+        description="First logical date of the crypto_events DAG, which catches up from there (set it to the day"
+                    " your extracts begin before unpausing the DAG on a cluster).",
+    )
     crypto_window_days: int = Field(5, ge=1, le=60, description="Days in the rolling window [D-(n-1), D].")
     crypto_reject_threshold: float = Field(
         0.05, ge=0.0, le=1.0, description="Largest share of rejected rows in a window that still publishes."

@@ -56,3 +56,15 @@ def test_parsing_needs_no_external_system_and_no_heavy_import(airflow_home):
     assert res.returncode == 0, res.stderr[-3000:]
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("HEAVY")][-1]
     assert "great_expectations" not in line and "pyspark" not in line and "mlflow" not in line, line
+
+
+def test_crypto_events_starts_on_the_configured_day(airflow_home, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("KPI_CRYPTO_START_DATE", "2026-11-01")
+    bag = DagBag(dag_folder=str(DAGS_FOLDER / "crypto_events.py"), include_examples=False)
+    assert bag.import_errors == {}
+    assert bag.get_dag("crypto_events").start_date.isoformat() == "2026-11-01T00:00:00+00:00"
+    monkeypatch.setenv("KPI_CRYPTO_START_DATE", "2026-13-01")
+    bad = DagBag(dag_folder=str(DAGS_FOLDER / "crypto_events.py"), include_examples=False)
+    assert any("crypto_start_date" in err for err in bad.import_errors.values()), bad.import_errors

@@ -21,11 +21,19 @@ def _date(ds: str) -> dt.date:
     return dt.date.fromisoformat(ds)
 
 
+def _start_date() -> dt.datetime:
+    # KPI_CRYPTO_START_DATE, read when the file is parsed (kpi.settings needs only pydantic, already loaded)
+    from kpi.settings import Settings
+
+    day = Settings().crypto_start_date
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+
+
 @dag(
     dag_id="crypto_events",
     description="Validate-before-load of crypto purchases: GE in Postgres, quarantine, gated publish to prod",
     schedule="@daily",
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=_start_date(),
     catchup=True,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
