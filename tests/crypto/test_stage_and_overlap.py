@@ -125,3 +125,28 @@ def test_a_validation_failure_rolls_back_the_publish_written_beside_it(crypto_en
     assert status[0][0] == "failed" and message in status[0][1]
     monkeypatch.undo()
     assert run_window(DAY, settings=crypto_env)["updated"] == 50  # the next run publishes
+
+
+def test_a_stale_stage_is_staged_again_by_the_orchestrated_publish(crypto_env, tmp_path):
+    from kpi.crypto.pipeline import (StaleStage, publish_window, publish_window_or_fail, quarantine_rows,
+                                     run_window, stage_window, validate_window)
+
+    _one_day(crypto_env, tmp_path, 100)
+    run_window(DAY, settings=crypto_env)
+    _one_day(crypto_env, tmp_path, 200)
+    # DAG run A gets as far as quarantine ...
+    stage_window(DAY, "dag-a", crypto_env)
+    validate_window(DAY, "dag-a", crypto_env)
+    quarantine_rows(DAY, "dag-a", crypto_env)
+    # ... when run B, over the same window and newer data, publishes first
+    _one_day(crypto_env, tmp_path, 300)
+    assert run_window(DAY, "dag-b", crypto_env)["updated"] == 50
+    with pytest.raises(StaleStage, match="dag-b"):
+        publish_window(DAY, "dag-a", crypto_env)
+    result = publish_window_or_fail(DAY, "dag-a", crypto_env)
+    assert result["restaged"] is True and result["gate"] == "passed"
+    assert result["updated"] == 0 and result["published"] == 50  # B had published the same source state
+    prices = query(crypto_env.database_url, "SELECT DISTINCT purchase_price FROM prod.bt_crypto_events")
+    assert prices == [(300,)]
+    status = query(crypto_env.database_url, "SELECT status FROM dqm.dq_runs WHERE run_id = 'dag-a'")
+    assert status == [("published",)]

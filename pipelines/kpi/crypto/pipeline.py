@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from kpi.settings import Settings, get_settings
 
 CRYPTO_LOCK = 7_212_031_001  # advisory lock key of the crypto pipeline (any constant unique in the warehouse)
 PIPELINE = "crypto_events"
+log = logging.getLogger(__name__)
 
 
 class GateFailed(RuntimeError):
@@ -325,10 +327,22 @@ def publish_window(logical_date: dt.date, run_id: str, settings: Settings | None
 
 
 def publish_window_or_fail(logical_date: dt.date, run_id: str, settings: Settings | None = None) -> dict:
-    """:func:`publish_window` for orchestrators: a failed gate fails the task without retries (a retry
-    would see the same data), other errors stay retryable."""
+    """:func:`publish_window` for orchestrators.
+
+    A failed gate fails the task without retries (a retry would see the same data), other errors stay
+    retryable. When another run published an overlapping window after this run was staged (steps of two
+    DAG runs interleaved), the stage is stale: the whole window is redone here (stage, validation,
+    quarantine, publish, as :func:`run_window` does), so the run still ends with prod matching the source.
+    """
     try:
-        return publish_window(logical_date, run_id, settings)
+        try:
+            return publish_window(logical_date, run_id, settings)
+        except StaleStage as stale:
+            log.warning("%s: staging, validating and publishing the window again", stale)
+            summary = run_window(logical_date, run_id, settings)
+            if summary.get("ok") is False:
+                raise GateFailed(summary["error"], summary) from None
+            return {**summary, "restaged": True}
     except GateFailed as exc:
         try:
             from airflow.exceptions import AirflowFailException
