@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +148,16 @@ def test_writes_to_s3(s3_server, monkeypatch, tmp_path):
         local = localize(url, settings, dest=tmp_path / "down")
         assert (local / OUTCOMES_FILE).read_bytes() == (tmp_path / "local" / OUTCOMES_FILE).read_bytes()
         assert summary["rows"]["PAYMENTS.csv"] > 0
+        # without dest: a temporary copy that lives as long as the process (Spark reads it lazily)
+        code = ("from kpi.churn.sources import localize\n"
+                f"folder = localize({url!r})\n"
+                "assert (folder / 'PAYMENTS.csv').stat().st_size > 0\n"
+                "print(folder)\n")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **s3_server.env()})
+        assert res.returncode == 0, res.stderr[-2000:]
+        copied = Path(res.stdout.strip().splitlines()[-1])
+        assert copied.name.startswith("kpi-churn-sources-") and not copied.exists()
     finally:
         monkeypatch.undo()
         reload_settings()

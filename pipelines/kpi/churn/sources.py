@@ -10,7 +10,9 @@ and is the user base every other file refers to. See ``docs/churn-data.md``.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -127,13 +129,18 @@ def localize(data_url: str, settings: Settings | None = None, dest: Path | None 
     """A local folder holding the five source files (and OUTCOMES.csv when present).
 
     Local paths and file:// URLs are returned as they are; remote folders are downloaded into ``dest``
-    (a new temporary folder by default), because local Spark has no S3A jars.
+    (a new temporary folder by default, removed when the process exits: Spark reads it lazily, so it must
+    outlive this call), because local Spark has no S3A jars.
     """
     if not is_remote(data_url):
         return local_path(data_url)
     from kpi.storage import exists, filesystem
 
-    target = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="kpi-churn-sources-"))
+    if dest:
+        target = Path(dest)
+    else:
+        target = Path(tempfile.mkdtemp(prefix="kpi-churn-sources-"))
+        atexit.register(shutil.rmtree, target, ignore_errors=True)
     target.mkdir(parents=True, exist_ok=True)
     for name in [*SOURCE_FILES.values(), OUTCOMES_FILE]:
         url = source_url(data_url, name)
