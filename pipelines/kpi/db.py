@@ -60,20 +60,54 @@ def init_sql_files(settings: Settings | None = None) -> list[Path]:
     return files
 
 
+def schema_digest(settings: Settings | None = None) -> str:
+    """sha256 over the names and contents of ``sql/init/*.sql``: which version of the DDL this is."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in init_sql_files(settings):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def init_db(url: str | None = None, settings: Settings | None = None) -> list[str]:
-    """Apply every ``sql/init/*.sql`` in order (idempotent); return the file names applied."""
+    """Apply every ``sql/init/*.sql`` in order (idempotent); return the file names applied.
+
+    Records the files' digest in ``dqm.schema_versions`` (see :func:`ensure_schema`).
+    """
     files = init_sql_files(settings)
+    digest = schema_digest(settings)
     with connect(url) as conn:
         # one advisory lock so two concurrent `kpi db init` don't race on CREATE IF NOT EXISTS
         conn.execute("SELECT pg_advisory_lock(hashtext('kpi-db-init'))")
         try:
             for f in files:
                 conn.execute(f.read_text())
+            conn.execute("INSERT INTO dqm.schema_versions (digest, files) VALUES (%s, %s)"
+                         " ON CONFLICT (digest) DO NOTHING", (digest, [f.name for f in files]))
             conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('kpi-db-init'))")
             conn.commit()
     return [f.name for f in files]
+
+
+def ensure_schema(url: str | None = None, settings: Settings | None = None) -> bool:
+    """Apply ``sql/init`` unless this database has already seen exactly these files; True when applied.
+
+    A fresh database gets its tables, and an upgraded checkout its new columns, on the first command
+    that needs them, instead of failing on a missing relation. One small query when nothing changed.
+    """
+    digest = schema_digest(settings)
+    with connect(url) as conn:
+        known = conn.execute("SELECT to_regclass('dqm.schema_versions') IS NOT NULL").fetchone()[0]
+        if known and conn.execute("SELECT 1 FROM dqm.schema_versions WHERE digest = %s", (digest,)).fetchone():
+            return False
+    init_db(url, settings)
+    return True
 
 
 # --------------------------------------------------------------------------------------------------------

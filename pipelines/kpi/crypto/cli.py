@@ -42,12 +42,12 @@ def ingest(
 ) -> dict:
     """Load CSV rows into raw.bt_crypto_transaction_history exactly as received (COPY)."""
     from kpi.crypto.ingest import ingest_file
-    from kpi.db import database_url
+    from kpi.db import database_url, ensure_schema
     from kpi.settings import get_settings
     from kpi.storage import filesystem, list_files
 
     settings = get_settings()
-    database_url(settings)  # fail early, with the clear message, when no warehouse is configured
+    schema_applied = ensure_schema(database_url(settings), settings)  # fails early when none is configured
     fs, path = filesystem(path_or_url, settings)
     sources = [f for f in list_files(path_or_url, settings) if f.lower().endswith(".csv")] \
         if fs.isdir(path) else [path_or_url]
@@ -57,7 +57,7 @@ def ingest(
     results = [ingest_file(s, extract_date=day, force=force, settings=settings) for s in sources]
     return {"files": results, "rows": sum(r["rows"] for r in results),
             "malformed_rows": sum(r["malformed_rows"] for r in results),
-            "skipped_duplicates": sum(1 for r in results if r["batch_id"] is None)}
+            "skipped_duplicates": sum(1 for r in results if r["batch_id"] is None), "schema_applied": schema_applied}
 
 
 @app.command("run")
@@ -68,5 +68,10 @@ def run(
 ) -> dict:
     """Stage, validate (GE in Postgres), quarantine, gate and publish the window; print the counts."""
     from kpi.crypto.pipeline import run_window
+    from kpi.db import database_url, ensure_schema
+    from kpi.settings import get_settings
 
-    return run_window(parse_date(date), run_id)
+    day = parse_date(date)
+    settings = get_settings()
+    schema_applied = ensure_schema(database_url(settings), settings)
+    return {**run_window(day, run_id, settings), "schema_applied": schema_applied}

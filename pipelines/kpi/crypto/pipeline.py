@@ -444,13 +444,18 @@ def run_window(logical_date: dt.date, run_id: str | None = None, settings: Setti
             _mark_failed(conn, run_id, exc)
             raise
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (CRYPTO_LOCK,))
-            conn.commit()
+            with contextlib.suppress(psycopg.Error):  # never hide the run's own error behind this one
+                conn.rollback()  # nothing is pending here: every step committed or rolled back
+                conn.execute("SELECT pg_advisory_unlock(%s)", (CRYPTO_LOCK,))
+                conn.commit()
 
 
 def _mark_failed(conn: psycopg.Connection, run_id: str, exc: Exception) -> None:
-    # best effort: a failed step leaves a trace in dq_runs (the run row exists once staged)
-    with contextlib.suppress(psycopg.Error):
+    # best effort: a failed step leaves a trace in dq_runs (the run row exists once staged); if even that
+    # fails (no dq_runs table yet), roll back so the caller's error, not this one, is what gets reported
+    try:
         conn.execute("UPDATE dqm.dq_runs SET status = 'failed', error = %s, finished_at = now()"
                      " WHERE run_id = %s AND status <> 'gate_failed'", (f"{type(exc).__name__}: {exc}", run_id))
         conn.commit()
+    except psycopg.Error:
+        conn.rollback()
