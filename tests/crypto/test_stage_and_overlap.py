@@ -150,3 +150,13 @@ def test_a_stale_stage_is_staged_again_by_the_orchestrated_publish(crypto_env, t
     assert prices == [(300,)]
     status = query(crypto_env.database_url, "SELECT status FROM dqm.dq_runs WHERE run_id = 'dag-a'")
     assert status == [("published",)]
+
+
+def test_a_window_without_raw_rows_publishes_nothing_and_says_so(crypto_env, tmp_path):
+    from kpi.crypto.pipeline import run_window
+
+    _one_day(crypto_env, tmp_path, 100)
+    empty = run_window(DAY + dt.timedelta(days=30), settings=crypto_env)
+    assert empty["raw_rows"] == 0 and empty["gate"] == "passed"
+    assert len(empty["warnings"]) == 1 and "no raw rows in the window" in empty["warnings"][0]
+    assert run_window(DAY, settings=crypto_env)["warnings"] == []

@@ -379,6 +379,11 @@ def run_summary(run: dict) -> dict:
     summary["published"] = run.get("valid") or 0
     top = run.get("top_reasons") or {}
     summary["top_reasons"] = dict(sorted(top.items(), key=lambda kv: (-kv[1], kv[0])))  # jsonb loses order
+    summary["warnings"] = []
+    if run.get("raw_rows") == 0:
+        # not a failure (a catch-up over days before the first extract is normal), but never silent
+        summary["warnings"].append(f"no raw rows in the window {run.get('window_start')}..{run.get('window_end')}:"
+                                   " no ingested extract covers it, nothing was published or deactivated")
     return summary
 
 
