@@ -88,16 +88,45 @@ def use_one_warm_execution_api(timeout: float = 60.0) -> None:
 
     if _WARM_API is None:
         from airflow.api_fastapi.execution_api.app import InProcessExecutionAPI
+        from airflow.configuration import conf
 
+        # The API's lifespan builds its JWT validator with make_secret_key_if_needed=False: with no
+        # [api_auth] jwt_secret configured it raises, the lifespan dies unseen on a2wsgi's loop and every
+        # task request then fails. Whether some earlier code of the process had already generated one
+        # decided whether dag.test() worked (it did alone, not after the rest of the test suite). As Airflow
+        # does elsewhere, use a random secret for this process when none is configured (the environment
+        # variable too: it outranks conf.set, and child processes inherit it).
+        if not conf.get("api_auth", "jwt_secret", fallback=""):
+            import secrets
+
+            secret = secrets.token_urlsafe(32)
+            os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secret
+            conf.set("api_auth", "jwt_secret", secret)
         api = InProcessExecutionAPI()
         api.transport  # noqa: B018 - starts the lifespan on a2wsgi's loop
         deadline = time.monotonic() + timeout
         while getattr(api.app.state, "svcs_registry", None) is None:
             if time.monotonic() > deadline:
-                raise TimeoutError("Airflow's in-process execution API did not start")
+                raise TimeoutError("Airflow's in-process execution API did not start: "
+                                   + _lifespan_error(api))
             time.sleep(0.05)
         _WARM_API = api
     supervisor.in_process_api_server = lambda: _WARM_API
+
+
+def _lifespan_error(api) -> str:
+    """Start the API's lifespan once more on its loop and say how it fails (Airflow drops that error)."""
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    async def start() -> None:
+        await AsyncExitStack().enter_async_context(api.app.router.lifespan_context(api.app))
+
+    try:
+        asyncio.run_coroutine_threadsafe(start(), api.transport.app.loop).result(timeout=30)
+    except Exception as exc:  # noqa: BLE001 - reported, not handled
+        return f"its lifespan raised {type(exc).__name__}: {exc}"
+    return "its lifespan starts when retried (a slow machine?)"
 
 
 def run_dag_once(dag_id: str, logical_date: dt.date | None = None, conf: dict | None = None,
