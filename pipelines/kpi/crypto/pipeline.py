@@ -202,10 +202,11 @@ def run_validation(settings: Settings, run_id: str, logical_date: dt.date, expec
     return outcome
 
 
-def _record_validation(c: psycopg.Connection, run_id: str, outcome: dict) -> None:
-    c.execute("UPDATE dqm.dq_runs SET status = 'validated', ge_success = %s, ge_statistics = %s,"
+def _record_validation(c: psycopg.Connection, run_id: str, outcome: dict, status: str | None = None) -> None:
+    """Store GE's outcome in ``dq_runs``; ``status`` replaces the run's status when given."""
+    c.execute("UPDATE dqm.dq_runs SET status = COALESCE(%s, status), ge_success = %s, ge_statistics = %s,"
               " ge_results_url = %s, data_docs_url = %s WHERE run_id = %s",
-              (outcome["success"], json.dumps(outcome["statistics"]), outcome["results_url"],
+              (status, outcome["success"], json.dumps(outcome["statistics"]), outcome["results_url"],
                outcome["data_docs_url"], run_id))
 
 
@@ -220,7 +221,7 @@ def validate_window(logical_date: dt.date, run_id: str, settings: Settings | Non
     outcome = run_validation(settings, run_id, logical_date, expected)
     with _connection(settings, conn) as c:
         _lock(c)
-        _record_validation(c, run_id, outcome)
+        _record_validation(c, run_id, outcome, status="validated")
         c.commit()
     return {"run_id": run_id, "raw_rows": run["raw_rows"], "ge_success": outcome["success"],
             "ge_statistics": outcome["statistics"], "broken_rules": expected,
@@ -255,9 +256,10 @@ def check_gate(counts: dict, threshold: float) -> tuple[bool, float]:
     return share <= threshold, share
 
 
-def _gate(c: psycopg.Connection, run: dict, logical_date: dt.date, settings: Settings) -> tuple[dict, float, str | None]:
-    """(status counts, rejected share, failure message or None). Refuses a stage made stale by another
-    run's publish of an overlapping window."""
+def _gate(c: psycopg.Connection, run: dict, logical_date: dt.date,
+          settings: Settings) -> tuple[dict, float, tuple[str, dict[str, int]] | None]:
+    """(status counts, rejected share, None or (failure message, rejected rows per first reason)).
+    Refuses a stage made stale by another run's publish of an overlapping window."""
     stale = c.execute(
         "SELECT run_id FROM dqm.dq_runs WHERE pipeline = %s AND run_id <> %s AND status = 'published'"
         " AND window_start <= %s AND window_end >= %s AND finished_at > %s LIMIT 1",
@@ -274,11 +276,12 @@ def _gate(c: psycopg.Connection, run: dict, logical_date: dt.date, settings: Set
     top_text = ", ".join(f"{r} ({n})" for r, n in list(top.items())[:3])
     return counts, share, (f"gate failed for {logical_date}: {counts['rejected']} of "
                            f"{counts['valid'] + counts['rejected']} rows rejected ({share:.1%} > "
-                           f"{settings.crypto_reject_threshold:.1%}); top reasons: {top_text}; nothing published")
+                           f"{settings.crypto_reject_threshold:.1%}); top reasons: {top_text}; nothing published",
+                           top)
 
 
-def _record_gate_failed(c: psycopg.Connection, run_id: str, share: float, message: str) -> dict:
-    top = primary_reason_counts(c, run_id)
+def _record_gate_failed(c: psycopg.Connection, run_id: str, share: float, message: str,
+                        top: dict[str, int]) -> dict:
     c.execute("UPDATE dqm.dq_runs SET status = 'gate_failed', gate = 'failed', reject_share = %s,"
               " top_reasons = %s, error = %s, finished_at = now() WHERE run_id = %s",
               (share, json.dumps(top), message, run_id))
@@ -318,9 +321,9 @@ def publish_window(logical_date: dt.date, run_id: str, settings: Settings | None
         run = _run_row(c, run_id)
         counts, share, failure = _gate(c, run, logical_date, settings)
         if failure:
-            detail = _record_gate_failed(c, run_id, share, failure)
+            detail = _record_gate_failed(c, run_id, share, *failure)
             c.commit()
-            raise GateFailed(failure, detail)
+            raise GateFailed(failure[0], detail)
         result = _publish(c, run_id, counts, share, settings)
         c.commit()
     return result
@@ -429,20 +432,17 @@ def run_window(logical_date: dt.date, run_id: str | None = None, settings: Setti
                     timings["quarantine_publish"] = round(time.perf_counter() - began, 3)
                     outcome = validation.result()  # raises when GE failed or disagreed: rollback below
                     timings["validate"] = round(time.perf_counter() - began, 3)
-                    _record_validation(conn, run_id, outcome)
+                    _record_validation(conn, run_id, outcome)  # status stays what the publish or gate wrote
                     if failure:
-                        _record_gate_failed(conn, run_id, share, failure)
-                    else:  # _record_validation set status 'validated': the publish wrote 'published'
-                        conn.execute("UPDATE dqm.dq_runs SET status = 'published' WHERE run_id = %s", (run_id,))
+                        _record_gate_failed(conn, run_id, share, *failure)
                     conn.commit()
                     timings["validate_quarantine_publish"] = round(time.perf_counter() - began, 3)
                 except BaseException:
-                    conn.rollback()
-                    validation.cancel()
+                    conn.rollback()  # leaving the pool still waits for the validation thread
                     raise
             summary = {**report_run(logical_date, run_id, settings, conn), "seconds": timings}
             if failure:
-                return {"ok": False, "error": failure, **summary}
+                return {"ok": False, "error": failure[0], **summary}
             return summary
         except Exception as exc:
             conn.rollback()

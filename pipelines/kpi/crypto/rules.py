@@ -173,8 +173,8 @@ def sql_params(sites: Sequence[str], cryptos: Sequence[str]) -> dict[str, list[s
     import re
 
     return {"sites": list(sites), "cryptos": list(cryptos),
-            "canonical_sites": [s for s in sites if re.fullmatch(SITE_CANONICAL_RE[1:-1], s)],
-            "canonical_cryptos": [c for c in cryptos if re.fullmatch(CRYPTO_CANONICAL_RE[1:-1], c)]}
+            "canonical_sites": [s for s in sites if re.fullmatch(SITE_CANONICAL_RE, s)],
+            "canonical_cryptos": [c for c in cryptos if re.fullmatch(CRYPTO_CANONICAL_RE, c)]}
 
 
 def expectation_suite(sites: Sequence[str], cryptos: Sequence[str], name: str = "crypto_events"):
