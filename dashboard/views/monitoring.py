@@ -1,9 +1,13 @@
 """Monitoring: churn drift (latest Evidently report, drift share over time) and crypto data quality."""
 
+import pandas as pd
 import plotly.express as px
 import streamlit as st
 from app_support import guarded, settings
 from kpi.dashboard import reports
+
+OUTCOME_COLOURS = {"published": "#2ca02c", "gate failed": "#d62728", "failed": "#8c564b", "reaped": "#7f7f7f",
+                   "stalled": "#ff7f0e", "running": "#1f77b4"}
 
 st.title("Monitoring")
 s = settings()
@@ -40,16 +44,19 @@ if runs is not None:
         last = runs.iloc[0]
         c1, c2, c3 = st.columns(3)
         c1.metric("Last run", str(last["logical_date"]), help=str(last["run_id"]))
-        c2.metric("Gate", str(last["gate"] or last["status"]))
-        c3.metric("Reject share", f"{last['reject_share']:.2%}" if last["reject_share"] is not None else "n/a",
+        c2.metric("Outcome", str(last["outcome"]), help=f"status {last['status']}, last step {last['last_step']}")
+        c3.metric("Reject share", f"{last['reject_share']:.2%}" if pd.notna(last["reject_share"]) else "n/a",
                   help=f"threshold {last['reject_threshold']}")
-        gates = gates.assign(gate=gates["gate"].fillna(gates["status"]))
-        fig = px.bar(gates, x="logical_date", y="reject_share", color="gate",
-                     color_discrete_map={"passed": "#2ca02c", "failed": "#d62728"},
-                     title="Reject share per day against the publication threshold")
+        fig = px.bar(gates, x="logical_date", y="reject_share", color="outcome",
+                     color_discrete_map=OUTCOME_COLOURS,
+                     title="Reject share per day against the publication threshold (latest run per day)")
         fig.add_hline(y=s.crypto_reject_threshold, line_dash="dash",
                       annotation_text=f"threshold {s.crypto_reject_threshold:g}")
         st.plotly_chart(fig, key="gate_chart")
+        troubled = runs[runs["outcome"].isin(["failed", "reaped", "stalled"])]
+        for _, run in troubled.iterrows():
+            st.error(f"Run {run['run_id']} ({run['logical_date']}) {run['outcome']} after its {run['last_step']} "
+                     f"step: {run['error'] or 'no step touched it since ' + str(run['last_step_at'])}")
         st.subheader("Last runs")
         st.dataframe(runs, hide_index=True, key="dq_runs_table")
     rejects = guarded("Warehouse unavailable", reports.crypto_rejects_per_reason_day, s)

@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     crypto_reject_threshold: float = Field(
         0.05, ge=0.0, le=1.0, description="Largest share of rejected rows in a window that still publishes."
     )
+    crypto_max_deactivation_share: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="Largest share of the window's active prod keys one run may deactivate; a run that would"
+                    " deactivate more (a truncated extract, most likely) fails the gate and publishes nothing.",
+    )
+    crypto_orphan_minutes: int = Field(
+        60, ge=1,
+        description="A run driven step by step (the DAG) that no step touched for this long is abandoned: the next"
+                    " stage marks it failed and frees its staging rows.",
+    )
     crypto_allowed_sites: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["ARGENTINA", "BRASIL", "MEXICO", "CHILE", "COLOMBIA", "URUGUAY"],
         description="Sites accepted by validation.",

@@ -1,9 +1,13 @@
--- Stage one run's window: select its raw rows (typed at ingest by raw's generated columns), decide which
+-- Stage one run's window: select its raw rows (typed once, at ingest), decide which
 -- rows are current and compute each current row's broken rules from the rule list (kpi.crypto.rules,
 -- substituted below).
--- * The latest extract holding a window day is the source's current state of that day; rows of older
---   extracts of the day are superseded ('newer_extract'). The latest extract per day comes in as
---   parameters (window_days.sql), so this needs no window function.
+-- * Raw rows are read through the batches that hold the window's days (a BRIN index on batch_id), and each
+--   belongs to the window day of its usable purchase date, else to its extract's day.
+-- * A day's current extract (window_days.sql: latest extract date, then latest batch, among the batches
+--   holding rows dated that day) is the source's current state of the day; rows of other batches dated that
+--   day are superseded ('newer_extract'). A row without a usable date belongs to its file's extract day
+--   without taking that day over: it is rejected there, unless a newer extract holds that day (then it is
+--   superseded like the rest of its file's content of the day: a re-sent day repeats its bad rows).
 -- * Among current rows, the latest ingested row of a complete key wins (highest batch, then highest line);
 --   the others are superseded ('newer_duplicate'). This is the statement's one sort, and the rows leave it
 --   in key order, so staging is written in the order the publish upsert wants them.
@@ -42,7 +46,11 @@ FROM (
                 -- a row belongs to the day it was bought; rows without a usable date belong to their
                 -- extract's day
                 SELECT r.raw_id, r.batch_id, r.line_no, b.extract_date, r.raw_line, d.window_date,
-                       r.batch_id = d.latest_batch_id AS is_current,
+                       CASE WHEN r.purchase_date_parsed BETWEEN DATE '2009-01-03' AND b.extract_date
+                            THEN r.batch_id = d.current_batch_id
+                            ELSE d.current_batch_id IS NULL
+                                 OR (d.current_extract_date, d.current_batch_id) <= (b.extract_date, r.batch_id)
+                       END AS is_current,
                        NULLIF(r.site_id, '') AS site_id,
                        NULLIF(r.user_id, '') AS user_id_text,
                        NULLIF(r.purchase_date, '') AS purchase_date_text,
@@ -61,10 +69,10 @@ FROM (
                        r.purchase_value_fitted AS purchase_value
                 FROM raw.bt_crypto_transaction_history r
                 JOIN raw.crypto_ingest_batches b USING (batch_id)
-                JOIN unnest(%(days)s::date[], %(latest_batches)s::bigint[]) AS d (window_date, latest_batch_id)
+                JOIN unnest(%(days)s::date[], %(current_batches)s::bigint[], %(current_extract_dates)s::date[])
+                  AS d (window_date, current_batch_id, current_extract_date)
                   ON d.window_date = raw.crypto_window_day(r.purchase_date_parsed, b.extract_date)
-                WHERE r.purchase_date_parsed BETWEEN %(window_start)s AND %(window_end)s
-                   OR b.extract_date BETWEEN %(window_start)s AND %(window_end)s
+                WHERE r.batch_id = ANY(%(batch_ids)s::bigint[])
                 OFFSET 0
             ) t
         ) ranked

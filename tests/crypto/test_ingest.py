@@ -18,10 +18,12 @@ def test_seed_file_lands_in_raw_exactly_as_received(crypto_env):
     result = ingest_file(str(seed), settings=crypto_env)
     lines = seed.read_text().splitlines()
     assert result["rows"] == len(lines) - 1 and result["malformed_rows"] == 0
-    assert result["extract_date"] == dt.date(2023, 2, 1)  # no date in the name: the latest purchase date
+    # no date in the name: the ingest date (never the rows' dates)
+    assert result["extract_date"] == dt.datetime.now(dt.UTC).date() and result["extract_date_source"] == "ingest_date"
     rows = query(crypto_env.database_url,
                  "SELECT line_no, site_id, user_id, purchase_date, crypto_type, purchase_price, purchase_units,"
-                 " source, batch_id FROM raw.bt_crypto_transaction_history ORDER BY line_no")
+                 " b.source, batch_id FROM raw.bt_crypto_transaction_history JOIN raw.crypto_ingest_batches b"
+                 " USING (batch_id) ORDER BY line_no")
     assert [r[0] for r in rows] == list(range(2, len(lines) + 1))
     assert [",".join(r[1:7]) for r in rows] == lines[1:]
     assert {r[7] for r in rows} == {str(seed)} and {r[8] for r in rows} == {result["batch_id"]}
@@ -84,4 +86,5 @@ def test_ingest_streams_from_object_storage(crypto_env, s3_server, monkeypatch):
     result = ingest_file(url, settings=settings)
     assert result["rows"] == 12 and result["extract_date"] == dt.date(2023, 2, 1)
     with psycopg.connect(settings.database_url) as conn:
-        assert conn.execute("SELECT count(*), min(source) FROM raw.bt_crypto_transaction_history").fetchone() == (12, url)
+        assert conn.execute("SELECT count(*), min(b.source) FROM raw.bt_crypto_transaction_history"
+                            " JOIN raw.crypto_ingest_batches b USING (batch_id)").fetchone() == (12, url)

@@ -8,7 +8,8 @@ import pytest
 
 from kpi.crypto import rules
 from kpi.crypto.ingest import IngestError, extract_date_from_name, map_header
-from kpi.crypto.pipeline import check_gate, window_bounds
+from kpi.crypto.steps import check_gate
+from kpi.crypto.window import window_bounds
 from kpi.crypto.simulate import ANOMALIES, ANOMALY_KINDS, simulate_extracts
 from kpi.settings import Settings
 

@@ -89,7 +89,7 @@ def test_a_validation_failure_rolls_back_the_publish_written_beside_it(crypto_en
     _one_day(crypto_env, tmp_path, 200)  # a newer extract changes every row
 
     published: list[bool] = []
-    real_publish = pipeline._publish
+    real_publish = pipeline.publish_rows
 
     def spy_publish(*args, **kwargs):
         result = real_publish(*args, **kwargs)
@@ -111,7 +111,7 @@ def test_a_validation_failure_rolls_back_the_publish_written_beside_it(crypto_en
         outcome["unexpected"]["site_id_not_canonical"] += 1
         return outcome
 
-    monkeypatch.setattr(pipeline, "_publish", spy_publish)
+    monkeypatch.setattr(pipeline, "publish_rows", spy_publish)
     monkeypatch.setattr(validation, "run_expectations", failing_expectations)
     message = "unreachable" if failure == "ge_raises" else "disagree"
     with pytest.raises(RuntimeError, match=message):
@@ -128,8 +128,8 @@ def test_a_validation_failure_rolls_back_the_publish_written_beside_it(crypto_en
 
 
 def test_a_stale_stage_is_staged_again_by_the_orchestrated_publish(crypto_env, tmp_path):
-    from kpi.crypto.pipeline import (StaleStage, publish_window, publish_window_or_fail, quarantine_rows,
-                                     run_window, stage_window, validate_window)
+    from kpi.crypto.pipeline import publish_window_or_fail, run_window
+    from kpi.crypto.steps import StaleStage, publish_window, quarantine_rows, stage_window, validate_window
 
     _one_day(crypto_env, tmp_path, 100)
     run_window(DAY, settings=crypto_env)

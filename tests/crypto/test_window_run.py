@@ -69,6 +69,9 @@ def test_deleted_keys_are_deactivated_and_come_back_when_the_source_has_them_aga
     from kpi.crypto.ingest import ingest_file
     from kpi.crypto.pipeline import run_window
 
+    # one of three keys is a third of the day: above the default deactivation guard of 20 %
+    crypto_env = crypto_env.model_copy(update={"crypto_max_deactivation_share": 0.5})
+
     d0 = dmy(_day(0))
     rows = {k: f"ARGENTINA,{k},{d0},BTC,100,1" for k in (1, 2, 3)}
     ingest_file(str(write_extract(tmp_path / "a", _day(0), list(rows.values()))), settings=crypto_env)
@@ -122,6 +125,7 @@ def test_a_failed_gate_publishes_nothing_and_names_the_top_reasons(crypto_env, t
     assert res.returncode == 1, res.stdout + res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["ok"] is False and summary["gate"] == "failed" and "gate failed" in summary["error"]
+    assert summary["published"] == 0 and summary["valid"] > 0  # valid rows, but none reached prod
     top = next(iter(summary["top_reasons"]))
     assert top in summary["error"] and summary["quarantined"] > 0
     assert prod_snapshot(crypto_env.database_url) == before
@@ -152,7 +156,7 @@ def test_cli_simulate_ingest_run_print_json_summaries(crypto_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_killed_in_the_middle_of_publish_leaves_prod_as_it_was(crypto_env, tmp_path):
+def test_a_run_killed_in_the_middle_of_publish_leaves_prod_as_it_was_and_is_reaped(crypto_env, tmp_path):
     from kpi.crypto.ingest import ingest_file
     from kpi.crypto.pipeline import run_window
 
@@ -161,8 +165,8 @@ def test_a_run_killed_in_the_middle_of_publish_leaves_prod_as_it_was(crypto_env,
                 settings=crypto_env)
     run_window(_day(0), settings=crypto_env)
     before = prod_snapshot(crypto_env.database_url)
-    # a new extract changes every row (and drops some): publish must update the row we lock below
-    ingest_file(str(write_extract(tmp_path / "b", _day(1), [f"BRASIL,{u},{d0},BTC,101,1" for u in range(1, 150)])),
+    # a new extract changes every row (and drops a few): publish must update the row we lock below
+    ingest_file(str(write_extract(tmp_path / "b", _day(1), [f"BRASIL,{u},{d0},BTC,101,1" for u in range(1, 181)])),
                 settings=crypto_env)
     blocker = psycopg.connect(crypto_env.database_url)
     blocker.execute("SELECT 1 FROM prod.bt_crypto_events WHERE user_id = 100 FOR UPDATE")
@@ -189,9 +193,18 @@ def test_a_run_killed_in_the_middle_of_publish_leaves_prod_as_it_was(crypto_env,
         assert time.monotonic() < deadline, "the killed run's backend never ended"
         time.sleep(0.2)
     assert prod_snapshot(crypto_env.database_url) == before
-    statuses = {s for (s,) in query(crypto_env.database_url, "SELECT status FROM dqm.dq_runs WHERE logical_date = %s",
-                                    (_day(1),))}
-    assert "published" not in statuses
-    # and the next run repairs everything
-    assert run_window(_day(1), settings=crypto_env)["updated"] == 149
+    killed = query(crypto_env.database_url, "SELECT run_id, status, finished_at FROM dqm.dq_runs"
+                   " WHERE logical_date = %s", (_day(1),))
+    assert len(killed) == 1 and killed[0][1] == "staged" and killed[0][2] is None  # nobody could record the kill
+    killed_id = killed[0][0]
+    assert query(crypto_env.database_url, "SELECT count(*) FROM staging.bt_crypto_events_candidate"
+                 " WHERE run_id = %s", (killed_id,))[0][0] == 380  # both extracts of day 0
+    # the next run reaps the killed one (its staging rows freed) and repairs everything
+    repair = run_window(_day(1), settings=crypto_env)
+    assert repair["updated"] == 180 and repair["deactivated"] == 20
+    reaped = query(crypto_env.database_url, "SELECT status, reaped_by, error, staging_freed_at IS NOT NULL"
+                   " FROM dqm.dq_runs WHERE run_id = %s", (killed_id,))[0]
+    assert reaped[:2] == ("failed", repair["run_id"]) and "abandoned" in reaped[2] and reaped[3] is True
+    assert query(crypto_env.database_url, "SELECT count(*) FROM staging.bt_crypto_events_candidate"
+                 " WHERE run_id = %s", (killed_id,))[0][0] == 0
     clean_crypto_tables(crypto_env.database_url)

@@ -37,11 +37,12 @@ def simulate(
 def ingest(
     path_or_url: str = typer.Argument(..., help="A CSV file, or a folder of CSVs (path, file:// or s3://)."),
     extract_date: Optional[str] = typer.Option(
-        None, help="Day the file was extracted (default: YYYY-MM-DD in its name, else its latest purchase date)."),
+        None, help="Day the file was extracted (default: YYYY-MM-DD in its name, else today, UTC)."),
     force: bool = typer.Option(False, help="Ingest even if identical content was ingested before."),
 ) -> dict:
-    """Load CSV rows into raw.bt_crypto_transaction_history exactly as received (COPY)."""
-    from kpi.crypto.ingest import ingest_file
+    """Load CSV rows into raw.bt_crypto_transaction_history exactly as received (COPY); a folder loads every
+    good file and names each bad one (exit 1)."""
+    from kpi.crypto.ingest import ingest_many
     from kpi.db import database_url, ensure_schema
     from kpi.settings import get_settings
     from kpi.storage import filesystem, list_files
@@ -54,16 +55,37 @@ def ingest(
     if not sources:
         raise FileNotFoundError(f"no .csv file in {path_or_url}")
     day = parse_date(extract_date, "--extract-date") if extract_date else None
-    results = [ingest_file(s, extract_date=day, force=force, settings=settings) for s in sources]
-    return {"files": results, "rows": sum(r["rows"] for r in results),
-            "malformed_rows": sum(r["malformed_rows"] for r in results),
-            "skipped_duplicates": sum(1 for r in results if r["batch_id"] is None), "schema_applied": schema_applied}
+    result = ingest_many(sources, extract_date=day, force=force, settings=settings)
+    summary = {**result, "schema_applied": schema_applied}
+    if result["failed"]:
+        names = "; ".join(f"{f['source']}: {f['error']}" for f in result["failed"])
+        return {"ok": False, "error": f"{len(result['failed'])} of {len(sources)} file(s) not ingested: {names}",
+                **summary}
+    return summary
+
+
+@app.command("ingest-landing")
+@json_command
+def ingest_landing() -> dict:
+    """Ingest every new file under <KPI_STORAGE_URL>/landing/crypto/ (what the DAG's first task does): moved to
+    processed/ when ingested or already seen, to rejected/ with a reason when it cannot be ingested (exit 1)."""
+    from kpi.crypto.landing import ingest_landing as ingest_new_files
+    from kpi.db import database_url, ensure_schema
+    from kpi.settings import get_settings
+
+    settings = get_settings()
+    schema_applied = ensure_schema(database_url(settings), settings)
+    summary = {**ingest_new_files(settings), "schema_applied": schema_applied}
+    if summary["set_aside"]:
+        names = "; ".join(f"{f['file']}: {f['reason']}" for f in summary["set_aside"])
+        return {"ok": False, "error": f"{len(summary['set_aside'])} file(s) set aside: {names}", **summary}
+    return summary
 
 
 @app.command("run")
 @json_command
 def run(
-    date: str = typer.Option(..., "--date", help="Logical date D: refreshes the window [D-(n-1), D]."),
+    date: str = typer.Option(..., "--date", help="The window's last day D: refreshes [D-(n-1), D] (default n = 5)."),
     run_id: Optional[str] = typer.Option(None, help="Run id (default: manual__D__<random>)."),
 ) -> dict:
     """Stage, validate (GE in Postgres), quarantine, gate and publish the window; print the counts."""

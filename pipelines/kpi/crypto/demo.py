@@ -1,4 +1,8 @@
-"""The crypto part of ``kpi demo``: ten simulated days through the ``crypto_events`` DAG, one table per day."""
+"""The crypto part of ``kpi demo``: ten simulated days through the ``crypto_events`` DAG, one table per day.
+
+Each day's extract is dropped into the landing prefix, as the upstream system would, and the DAG run that
+fires at 00:00 of the next day ingests it and refreshes the window ending on that day.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ HEADERS = {"raw_rows": "raw", "inserted": "ins", "updated": "upd", "deactivated"
 
 def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000, anomaly_rate: float = 0.02,
                     seed: int = 7) -> dict:
-    """Simulate ``days`` daily extracts (anomalies, updates, deletions), then for each day ingest its
-    extract and run the DAG for that logical date with ``dag.test()``; print a table per day.
+    """Simulate ``days`` daily extracts (anomalies, updates, deletions), then for each day D drop its extract
+    into ``<storage>/landing/crypto/`` and run the DAG run that fires at 00:00 of D+1 with ``dag.test()``
+    (its first task ingests the file, the others refresh the window ending on D); print a table per day.
 
     Args:
         settings: settings with a reachable warehouse (``local_services()`` provides one).
@@ -33,10 +38,10 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
     from rich.table import Table
 
     from kpi.airflow_local import activate_airflow_home, prepare_airflow_home, run_dag_once
-    from kpi.crypto.ingest import ingest_file
+    from kpi.crypto.landing import landing_url
     from kpi.crypto.simulate import simulate_extracts
-    from kpi.db import connect
-    from kpi.storage import join
+    from kpi.db import connect, database_url
+    from kpi.storage import join, read_bytes, write_bytes
 
     console = Console(width=max(200, Console().width))  # the table is wider than a default 80-column pipe
     end = DEMO_START + dt.timedelta(days=days - 1)
@@ -50,10 +55,13 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
     rows, dag_runs = [], []
     for day, url in zip(simulated["days"], simulated["files"]):
         logical_date = dt.date.fromisoformat(day["extract_date"])
-        ingested = ingest_file(url, settings=settings)
-        run = run_dag_once("crypto_events", logical_date)
+        write_bytes(join(landing_url(settings), url.rsplit("/", 1)[1]), read_bytes(url, settings), settings)
+        # the run firing at 00:00 of D+1 (data interval [D, D+1)) processes the window ending on D
+        run = run_dag_once("crypto_events", logical_date + dt.timedelta(days=1))
         dag_runs.append(run)
-        with connect(settings.database_url) as conn:
+        landed = run.get("xcom", {}).get("ingest_landing") or {}
+        ingested = {"rows": sum(f["rows"] for f in landed.get("ingested", []))}
+        with connect(database_url(settings)) as conn:
             cur = conn.execute("SELECT * FROM dqm.dq_runs WHERE run_id = %s", (run["run_id"],))
             found = cur.fetchone()
             record = dict(zip([c.name for c in cur.description], found)) if found else {}
@@ -61,7 +69,7 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
         top_reason = max(top.items(), key=lambda kv: (kv[1], kv[0]))[0] if top else ""
         rows.append({
             "day": logical_date.isoformat(), "ingested": ingested["rows"], "dag_state": run["state"],
-            "raw_rows": record.get("raw_rows"), "published": record.get("valid"),
+            "raw_rows": record.get("raw_rows"), "published": record.get("published"),
             "inserted": record.get("inserted"), "updated": record.get("updated"),
             "deactivated": record.get("deactivated"), "reactivated": record.get("reactivated"),
             "quarantined": record.get("quarantined"), "superseded": record.get("superseded"),
@@ -73,7 +81,7 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
             table.add_column(HEADERS.get(col, col), justify="left" if col in ("day", "gate", "top_reason", "dag_state") else "right")
         table.add_row(*(_cell(rows[-1][c]) for c in TABLE_COLUMNS))
         console.print(table)
-    with connect(settings.database_url) as conn:
+    with connect(database_url(settings)) as conn:
         active = conn.execute("SELECT count(*) FILTER (WHERE is_active), count(*) FROM prod.bt_crypto_events").fetchone()
         rejects = conn.execute("SELECT count(*) FROM dqm.bt_crypto_events_rejects").fetchone()[0]
     summary = Table(title="crypto: all days")

@@ -28,6 +28,13 @@ AMOUNT_LIMIT = 10**15  # prod's numeric(24, 8) holds 16 integer digits: keep one
 VALUE_LIMIT = 10**18  # prod's purchase_value is numeric(38, 16): keep a wide margin below its limit
 EARLIEST_PURCHASE_DATE = "2009-01-03"  # the first Bitcoin block: nothing was bought before
 KEY_COLUMNS = ("site_id", "user_id", "purchase_date", "crypto_type")
+#: The columns of a staged row that the rules (and the expectations) are written against.
+STAGED_COLUMNS = (
+    "run_id", "raw_id", "extract_date", "window_date", "status", "reasons", "raw_line",
+    "site_id", "user_id_text", "purchase_date_text", "crypto_type", "purchase_price_text", "purchase_units_text",
+    "user_id", "purchase_date", "purchase_date_is_real", "purchase_price", "purchase_units",
+    "purchase_price_scale", "purchase_units_scale", "purchase_value_exact", "purchase_value",
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ def _regex(column: str, regex: str):
 RULES: tuple[Rule, ...] = (
     Rule("column_count_mismatch", "raw_line IS NOT NULL",
          lambda s, c: _gx().ExpectColumnValuesToBeNull(column="raw_line"),
-         "the line does not have exactly the six columns of the header"),
+         "the line is not a record of the header's columns (another column count, or an unmatched quote)"),
     Rule("site_id_missing", "site_id IS NULL", _not_null("site_id"), "SITE_ID is empty"),
     Rule("site_id_not_canonical", f"site_id !~ '{SITE_CANONICAL_RE}'", _regex("site_id", SITE_CANONICAL_RE),
          "SITE_ID has lower case, spaces or other characters", guard="site_id = ANY(%(canonical_sites)s)"),
@@ -180,8 +187,6 @@ def sql_params(sites: Sequence[str], cryptos: Sequence[str]) -> dict[str, list[s
 def expectation_suite(sites: Sequence[str], cryptos: Sequence[str], name: str = "crypto_events"):
     """The GE suite: one expectation per rule (meta carries the reason) plus the structural checks."""
     import great_expectations as gx
-
-    from kpi.crypto.validation import STAGED_COLUMNS
 
     suite = gx.ExpectationSuite(name=name)
     suite.add_expectation(gx.expectations.ExpectTableColumnsToMatchSet(

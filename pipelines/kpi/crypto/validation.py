@@ -15,15 +15,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+from kpi.crypto.rules import STRUCTURAL_CHECKS, expectation_suite
 from kpi.settings import Settings
-
-STAGED_COLUMNS = (
-    "run_id", "raw_id", "extract_date", "window_date", "status", "reasons", "raw_line",
-    "site_id", "user_id_text", "purchase_date_text", "crypto_type", "purchase_price_text", "purchase_units_text",
-    "user_id", "purchase_date", "purchase_date_is_real", "purchase_price", "purchase_units",
-    "purchase_price_scale", "purchase_units_scale", "purchase_value_exact", "purchase_value",
-)
-
 
 VALIDATION_VIEW = ("staging", "bt_crypto_events_validation")
 
@@ -49,7 +42,6 @@ def run_expectations(settings: Settings, run_id: str, logical_date: dt.date) -> 
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    from kpi.crypto.rules import STRUCTURAL_CHECKS, expectation_suite
     from kpi.db import database_url
     from kpi.storage import filesystem, join, write_text
 

@@ -1,39 +1,55 @@
-"""Daily rolling refresh of the crypto events window [ds-4, ds]: stage -> validate -> quarantine -> publish -> report.
+"""Daily refresh of the crypto events window [D-4, D], D the last complete day: landing -> stage -> validate
+-> quarantine -> publish -> report.
 
-Wiring only: every task is one call into ``kpi.crypto.pipeline`` with the logical date and the run id;
-kpi modules are imported inside the tasks so that parsing this file needs no database and no heavy import.
+Schedule: ``CronTriggerTimetable("0 0 * * *", UTC)`` with a one-day interval. The run that fires at 00:00
+UTC of D+1 has the data interval [D, D+1) and processes the window ending on D, the day that just ended
+(``kpi.crypto.window.last_complete_day`` of the interval's end). A manual run triggered at time T (or for
+logical date T) processes the window ending on the last day complete at T. The first run fires at 00:00
+of ``KPI_CRYPTO_START_DATE`` + 1 day and processes ``KPI_CRYPTO_START_DATE``.
+
+``ingest_landing`` first ingests every new file under ``<KPI_STORAGE_URL>/landing/crypto/`` (then the
+window sees it); ``landing_check`` fails the run, after the window was processed with the good files,
+when a file had to be set aside. Wiring only: every task is one call into ``kpi.crypto``; kpi modules are
+imported inside the tasks so that parsing this file needs no database and no heavy import.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag, task
+from airflow.sdk import CronTriggerTimetable, dag, task
+
+
+def _record_failure(context) -> None:
+    # a task killed or timed out never reached its step's own error handling: its run still gets marked failed
+    from kpi.crypto.pipeline import record_task_failure
+
+    record_task_failure(context)
+
 
 DEFAULT_ARGS = {
     "owner": "kpi-data",
     "retries": 2,
     "retry_delay": dt.timedelta(minutes=2),
+    "on_failure_callback": _record_failure,
 }
+# fires at 00:00 UTC; the data interval is the day before (an interval-less trigger would end it at the fire time)
+SCHEDULE = CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=dt.timedelta(days=1))
 
 
-def _date(ds: str) -> dt.date:
-    return dt.date.fromisoformat(ds)
-
-
-def _start_date() -> dt.datetime:
-    # KPI_CRYPTO_START_DATE, read when the file is parsed (kpi.settings needs only pydantic, already loaded)
+def _first_fire() -> dt.datetime:
+    # 00:00 UTC the day after KPI_CRYPTO_START_DATE, read when the file is parsed (kpi.settings needs only pydantic)
     from kpi.settings import Settings
 
-    day = Settings().crypto_start_date
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+    day = Settings().crypto_start_date + dt.timedelta(days=1)
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
 @dag(
     dag_id="crypto_events",
-    description="Validate-before-load of crypto purchases: GE in Postgres, quarantine, gated publish to prod",
-    schedule="@daily",
-    start_date=_start_date(),
+    description="Validate-before-load of crypto purchases: landing, GE in Postgres, quarantine, gated publish",
+    schedule=SCHEDULE,
+    start_date=_first_fire(),
     catchup=True,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -42,36 +58,50 @@ def _start_date() -> dt.datetime:
 )
 def crypto_events():
     @task
-    def stage(ds=None, run_id=None) -> dict:
-        from kpi.crypto.pipeline import stage_window
+    def ingest_landing() -> dict:
+        from kpi.crypto.landing import ingest_landing
 
-        return stage_window(_date(ds), run_id)
+        return ingest_landing()
 
-    @task
-    def validate(ds=None, run_id=None) -> dict:
-        from kpi.crypto.pipeline import validate_window
+    @task(retries=0)
+    def landing_check(landing: dict) -> dict:
+        from kpi.crypto.pipeline import check_landing_or_fail
 
-        return validate_window(_date(ds), run_id)
-
-    @task
-    def quarantine(ds=None, run_id=None) -> dict:
-        from kpi.crypto.pipeline import quarantine_rows
-
-        return quarantine_rows(_date(ds), run_id)
+        return check_landing_or_fail(landing)
 
     @task
-    def publish(ds=None, run_id=None) -> dict:
-        from kpi.crypto.pipeline import publish_window_or_fail
+    def stage(data_interval_end=None, run_id=None) -> dict:
+        from kpi.crypto.pipeline import run_dag_step
 
-        return publish_window_or_fail(_date(ds), run_id)
+        return run_dag_step("stage", data_interval_end, run_id)
 
     @task
-    def report(ds=None, run_id=None) -> dict:
-        from kpi.crypto.pipeline import report_run
+    def validate(data_interval_end=None, run_id=None) -> dict:
+        from kpi.crypto.pipeline import run_dag_step
 
-        return report_run(_date(ds), run_id)
+        return run_dag_step("validate", data_interval_end, run_id)
 
-    stage() >> validate() >> quarantine() >> publish() >> report()
+    @task
+    def quarantine(data_interval_end=None, run_id=None) -> dict:
+        from kpi.crypto.pipeline import run_dag_step
+
+        return run_dag_step("quarantine", data_interval_end, run_id)
+
+    @task
+    def publish(data_interval_end=None, run_id=None) -> dict:
+        from kpi.crypto.pipeline import run_dag_step
+
+        return run_dag_step("publish", data_interval_end, run_id)
+
+    @task
+    def report(data_interval_end=None, run_id=None) -> dict:
+        from kpi.crypto.pipeline import run_dag_step
+
+        return run_dag_step("report", data_interval_end, run_id)
+
+    landing = ingest_landing()
+    landing_check(landing)
+    landing >> stage() >> validate() >> quarantine() >> publish() >> report()
 
 
 crypto_events()

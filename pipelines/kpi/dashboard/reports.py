@@ -350,30 +350,43 @@ def latest_drift_report(settings: Settings) -> tuple[str, str] | None:
 # Crypto data quality (dqm schema)
 # --------------------------------------------------------------------------------------------------------
 
+# What a run came to, in words: a reaped run is a failed one that a later run found abandoned; an unfinished
+# run that no step touched for longer than KPI_CRYPTO_ORPHAN_MINUTES is stalled (the next stage reaps it).
+DQ_RUN_OUTCOME = (
+    "CASE WHEN reaped_by IS NOT NULL THEN 'reaped' "
+    "WHEN status = 'failed' THEN 'failed' "
+    "WHEN status = 'gate_failed' THEN 'gate failed' "
+    "WHEN status = 'published' THEN 'published' "
+    "WHEN coalesce(last_step_at, started_at) < now() - make_interval(mins => %(orphan_minutes)s) THEN 'stalled' "
+    "ELSE 'running' END"
+)
 DQ_RUN_COLUMNS = (
-    "run_id, logical_date, window_start, window_end, status, gate, raw_rows, valid, quarantined, "
-    "superseded, inserted, updated, deactivated, reject_share, reject_threshold, ge_success, "
-    "started_at, finished_at, error"
+    f"run_id, logical_date, {DQ_RUN_OUTCOME} AS outcome, status, last_step, window_start, window_end, gate, "
+    "gate_reason, raw_rows, valid, published, quarantined, superseded, inserted, updated, deactivated, "
+    "would_deactivate, reject_share, reject_threshold, validation, started_at, finished_at, last_step_at, error, "
+    "reaped_by"
 )
 
 
 def crypto_dq_runs(settings: Settings, limit: int = 30) -> pd.DataFrame:
-    """The last ``limit`` validation runs of the crypto pipeline, newest first, with their gate result."""
+    """The last ``limit`` runs of the crypto pipeline, newest first, with what each came to (``outcome``:
+    published, gate failed, failed, reaped, stalled or running), its last step and its error."""
     return query_frame(
         settings,
         f"SELECT {DQ_RUN_COLUMNS} FROM dqm.dq_runs WHERE pipeline = 'crypto_events' "
-        "ORDER BY started_at DESC, run_id DESC LIMIT %s",
-        (limit,),
+        "ORDER BY started_at DESC, run_id DESC LIMIT %(limit)s",
+        {"limit": limit, "orphan_minutes": settings.crypto_orphan_minutes},
     )
 
 
 def crypto_gate_results(settings: Settings) -> pd.DataFrame:
-    """The latest run per logical date: reject share against the threshold and whether the gate passed."""
+    """The latest run per logical date: reject share against the threshold and what the run came to."""
     return query_frame(
         settings,
-        "SELECT DISTINCT ON (logical_date) logical_date, run_id, status, gate, reject_share, reject_threshold "
-        "FROM dqm.dq_runs WHERE pipeline = 'crypto_events' "
+        f"SELECT DISTINCT ON (logical_date) logical_date, run_id, status, gate, {DQ_RUN_OUTCOME} AS outcome, "
+        "reject_share, reject_threshold FROM dqm.dq_runs WHERE pipeline = 'crypto_events' "
         "ORDER BY logical_date, started_at DESC, run_id DESC",
+        {"orphan_minutes": settings.crypto_orphan_minutes},
     )
 
 
