@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests.conftest import reference_file
-from tests.crypto.conftest import query
+from tests.crypto.conftest import query, write_extract
 
 
 def test_seed_file_lands_in_raw_exactly_as_received(crypto_env):
@@ -88,3 +88,115 @@ def test_ingest_streams_from_object_storage(crypto_env, s3_server, monkeypatch):
     with psycopg.connect(settings.database_url) as conn:
         assert conn.execute("SELECT count(*), min(b.source) FROM raw.bt_crypto_transaction_history"
                             " JOIN raw.crypto_ingest_batches b USING (batch_id)").fetchone() == (12, url)
+
+
+def _batch_sequence(url: str) -> int:
+    return query(url, "SELECT last_value FROM raw.crypto_ingest_batches_batch_id_seq")[0][0]
+
+
+def test_a_duplicate_is_detected_before_anything_is_copied(crypto_env, tmp_path):
+    from kpi.crypto.ingest import ingest_file
+
+    path = write_extract(tmp_path, dt.date(2026, 1, 5), [f"CHILE,{u},5/1/2026,BTC,1,1" for u in range(1, 2001)])
+    first = ingest_file(str(path), settings=crypto_env)
+    allocated = _batch_sequence(crypto_env.database_url)
+    again = ingest_file(str(path), settings=crypto_env)
+    assert again["duplicate_of"] == first["batch_id"] and again["batch_id"] is None
+    # no batch was even opened (the old ingest copied every row, then rolled back)
+    assert _batch_sequence(crypto_env.database_url) == allocated
+
+
+def test_two_ingests_of_the_same_bytes_at_once_keep_one_copy(crypto_env, tmp_path):
+    import threading
+
+    from kpi.crypto.ingest import ingest_file
+
+    path = write_extract(tmp_path, dt.date(2026, 1, 5), [f"CHILE,{u},5/1/2026,BTC,1,1" for u in range(1, 501)])
+    # hold both ingests before their commit: each has passed its "was this content ingested?" check by then
+    blocker = psycopg.connect(crypto_env.database_url)
+    blocker.execute("LOCK TABLE raw.crypto_batch_days IN EXCLUSIVE MODE")
+    results: list = []
+
+    def ingest() -> None:
+        results.append(ingest_file(str(path), settings=crypto_env))
+
+    threads = [threading.Thread(target=ingest) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = __import__("time").monotonic() + 60
+        while len(query(crypto_env.database_url, "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%%crypto_%%'")) < 2:
+            assert __import__("time").monotonic() < deadline, "the two ingests never both waited"
+            __import__("time").sleep(0.05)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(r["batch_id"] is None for r in results) == [False, True]
+    winner = next(r for r in results if r["batch_id"] is not None)
+    loser = next(r for r in results if r["batch_id"] is None)
+    assert loser["duplicate_of"] == winner["batch_id"]
+    assert query(crypto_env.database_url, "SELECT count(*) FROM raw.crypto_ingest_batches")[0][0] == 1
+    assert query(crypto_env.database_url, "SELECT count(*) FROM raw.bt_crypto_transaction_history")[0][0] == 500
+
+
+def test_a_header_with_a_repeated_column_is_refused_naming_it(crypto_env, tmp_path):
+    from kpi.crypto.ingest import IngestError, ingest_file
+
+    path = tmp_path / "dup_2026-01-05.csv"
+    path.write_text("SITE_ID,USER_ID,PURCHASE_DATE,CRYPTO_TYPE,PURCHASE_PRICE,PURCHASE_UNITS,purchase_price\n"
+                    "CHILE,1,5/1/2026,BTC,1,1,2\n")
+    with pytest.raises(IngestError, match="'purchase_price' twice .columns 5 and 7."):
+        ingest_file(str(path), settings=crypto_env)
+    assert query(crypto_env.database_url, "SELECT count(*) FROM raw.crypto_ingest_batches")[0][0] == 0
+
+
+def test_a_folder_ingest_loads_every_good_file_and_names_each_bad_one(crypto_env, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "drop"
+    write_extract(folder, dt.date(2026, 1, 5), ["CHILE,1,5/1/2026,BTC,1,1"])
+    write_extract(folder, dt.date(2026, 1, 7), ["CHILE,2,7/1/2026,BTC,1,1"])
+    (folder / "BT_CRYPTO_TRANSACTION_HISTORY_2026-01-06.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    (folder / "BT_CRYPTO_TRANSACTION_HISTORY_2026-01-06b.csv").write_text("SITE,USER\nCHILE,3\n")
+    res = subprocess.run([sys.executable, "-m", "kpi.cli", "crypto", "ingest", str(folder)], capture_output=True,
+                         text=True, env=dict(os.environ), timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is False and summary["rows"] == 2 and len(summary["files"]) == 2
+    failed = {f["source"].rsplit("/", 1)[1]: f["error"] for f in summary["failed"]}
+    assert set(failed) == {"BT_CRYPTO_TRANSACTION_HISTORY_2026-01-06.csv", "BT_CRYPTO_TRANSACTION_HISTORY_2026-01-06b.csv"}
+    assert "binary" in failed["BT_CRYPTO_TRANSACTION_HISTORY_2026-01-06.csv"]
+    assert "lacks column(s)" in failed["BT_CRYPTO_TRANSACTION_HISTORY_2026-01-06b.csv"]
+    assert all(name in summary["error"] for name in failed)
+    assert query(crypto_env.database_url, "SELECT count(*) FROM raw.bt_crypto_transaction_history")[0][0] == 2
+
+
+def test_an_ingest_committing_while_a_stage_reads_is_not_half_seen(crypto_env, tmp_path, monkeypatch):
+    from kpi.crypto import queries
+    from kpi.crypto.ingest import ingest_file
+    from kpi.crypto.pipeline import run_window
+
+    day = dt.date(2026, 1, 5)
+    ingest_file(str(write_extract(tmp_path / "a", day, [f"CHILE,{u},5/1/2026,BTC,1,1" for u in range(1, 51)])),
+                settings=crypto_env)
+    late = write_extract(tmp_path / "b", day, [f"CHILE,{u},5/1/2026,BTC,2,1" for u in range(1, 61)])
+    real_sql = queries.sql
+    landed: list[dict] = []
+
+    def sql_with_an_ingest_in_between(name, settings=None):
+        if name == "stage_window" and not landed:  # after the stage counted the window, before it reads it
+            landed.append(ingest_file(str(late), settings=crypto_env))
+        return real_sql(name, settings)
+
+    monkeypatch.setattr("kpi.crypto.steps.sql", sql_with_an_ingest_in_between)
+    summary = run_window(day, settings=crypto_env)
+    assert landed and landed[0]["rows"] == 60  # the ingest committed in the middle of the stage
+    assert summary["status"] == "published" and summary["raw_rows"] == 50 and summary["inserted"] == 50
+    monkeypatch.undo()
+    assert run_window(day, settings=crypto_env)["updated"] == 50  # the next run sees the new extract

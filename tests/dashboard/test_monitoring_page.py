@@ -60,6 +60,49 @@ def test_dq_views_count_rejects_per_reason_per_day(dash_env, dq_rows):
     assert list(runs["run_id"]) == ["run-d3", "run-d2", "run-d1"]  # newest first
     gates = reports.crypto_gate_results(settings)
     assert list(gates["gate"]) == ["passed", "passed", "failed"]
+    assert list(gates["outcome"]) == ["published", "published", "gate failed"]
+
+
+@pytest.fixture()
+def troubled_runs(dash_env, dash_db):
+    """A run failed by its validate step, one reaped by a later run, one stalled, one still running."""
+    from kpi.db import connect
+
+    with connect(dash_db) as conn:
+        conn.execute("TRUNCATE dqm.dq_runs")
+        for run_id, status, step, finished, error, reaped_by, idle in (
+            ("run-failed", "failed", "validate", True, "validate: ValidationFailed: GE and the rules disagree", None, 1),
+            ("run-reaped", "failed", "stage", True, "abandoned: unfinished since its stage step", "run-later", 1),
+            ("run-stalled", "staged", "stage", False, None, None, 600),
+            ("run-running", "validated", "validate", False, None, None, 1),
+        ):
+            conn.execute(
+                "INSERT INTO dqm.dq_runs (run_id, logical_date, window_start, window_end, status, last_step,"
+                " last_step_at, started_at, finished_at, error, reaped_by, reject_threshold) VALUES"
+                " (%s, '2024-04-01', '2024-03-28', '2024-04-01', %s, %s, now() - make_interval(mins => %s),"
+                " now() - make_interval(mins => %s), CASE WHEN %s THEN now() END, %s, %s, 0.05)",
+                (run_id, status, step, idle, idle, finished, error, reaped_by))
+        conn.commit()
+    yield
+    with connect(dash_db) as conn:
+        conn.execute("TRUNCATE dqm.dq_runs")
+        conn.commit()
+
+
+def test_failed_reaped_and_stalled_runs_are_shown_as_what_they_are(app, dash_env, troubled_runs):
+    from kpi.dashboard import reports
+
+    runs = reports.crypto_dq_runs(dash_env())
+    assert dict(zip(runs["run_id"], runs["outcome"], strict=True)) == {
+        "run-failed": "failed", "run-reaped": "reaped", "run-stalled": "stalled", "run-running": "running"}
+    app.run()
+    app.switch_page("views/monitoring.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    errors = [e.value for e in app.error]
+    assert any("run-failed" in e and "failed after its validate step" in e and "disagree" in e for e in errors)
+    assert any("run-reaped" in e and "reaped" in e and "abandoned" in e for e in errors)
+    assert any("run-stalled" in e and "stalled" in e for e in errors)
+    assert not any("run-running" in e for e in errors)
 
 
 def test_monitoring_page_shows_gate_results_and_rejects(app, dash_env, dq_rows):
@@ -67,7 +110,7 @@ def test_monitoring_page_shows_gate_results_and_rejects(app, dash_env, dq_rows):
     app.switch_page("views/monitoring.py").run()
     assert not app.exception, [e.value for e in app.exception]
     text = page_text(app)
-    assert "Gate: failed" in text and "Last run: 2024-03-03" in text and "Reject share: 12.50%" in text
+    assert "Outcome: gate failed" in text and "Last run: 2024-03-03" in text and "Reject share: 12.50%" in text
     frames = {getattr(f, "key", None) or i: f.value for i, f in enumerate(app.dataframe)}
     assert any("run-d3" in set(df.get("run_id", [])) for df in frames.values())
     pivot = next(df for df in frames.values() if "negative_price" in df.columns)

@@ -152,9 +152,16 @@ def _parse_header(source: str, first: bytes) -> tuple[str, list[str], list[int]]
                           " a binary file or another encoding") from None
     try:
         header = next(csv.reader([text], strict=True))
-    except csv.Error as exc:
-        raise IngestError(f"{source}: the header line is not valid CSV ({exc})") from None
-    return text, header, map_header(header)
+        return text, header, map_header(header)
+    except (csv.Error, IngestError) as exc:
+        # a binary file can start with a text line (%PDF-1.7): say what the file is, not only what it lacks
+        sample = first[:1 << 16]
+        try:
+            binary = b"\x00" in sample or not sample.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as undecodable:
+            binary = undecodable.start < len(sample) - 4  # a cut multi-byte character at the end is fine
+        what = "a binary file, not a CSV text file: " if binary else ""
+        raise IngestError(f"{source}: {what}{exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------------
