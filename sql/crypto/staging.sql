@@ -9,9 +9,9 @@ TRUNCATE staging.bt_crypto_events_candidate
 DELETE FROM staging.bt_crypto_events_candidate WHERE run_id <> ALL(%(keep)s::text[])
 
 -- name: counts
--- the staged rows per window day, status and broken rules: conservation per day, the status counts and the
--- rows per reason, from one scan
-SELECT window_date, status, reasons, count(*)
+-- the staged rows per window day, status and broken rules (only rejected rows have any): conservation per
+-- day, the status counts and the rows per reason, from one scan (grouping by every row's array took 3x longer)
+SELECT window_date, status, CASE WHEN status = 'rejected' THEN reasons END AS reasons, count(*)
 FROM staging.bt_crypto_events_candidate
 WHERE run_id = %(run_id)s
 GROUP BY 1, 2, 3

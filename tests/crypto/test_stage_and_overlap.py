@@ -160,3 +160,16 @@ def test_a_window_without_raw_rows_publishes_nothing_and_says_so(crypto_env, tmp
     assert empty["raw_rows"] == 0 and empty["gate"] == "passed"
     assert len(empty["warnings"]) == 1 and "no raw rows in the window" in empty["warnings"][0]
     assert run_window(DAY, settings=crypto_env)["warnings"] == []
+
+
+def test_a_duplicated_key_in_the_staged_rows_fails_the_structural_check(crypto_env, tmp_path):
+    from kpi.crypto.steps import ValidationFailed, stage_window, validate_window
+
+    _one_day(crypto_env, tmp_path, 100)
+    stage_window(DAY, "dup-key", crypto_env)
+    # a stage bug that let two current rows share a key: GE's unique-keys check (count only) must see it
+    with psycopg.connect(crypto_env.database_url) as conn:
+        conn.execute("INSERT INTO staging.bt_crypto_events_candidate SELECT * FROM staging.bt_crypto_events_candidate"
+                     " WHERE run_id = 'dup-key' AND status = 'valid' LIMIT 2")
+    with pytest.raises(ValidationFailed, match=r"structural expectations failed .*'unique_keys': 2"):
+        validate_window(DAY, "dup-key", crypto_env)

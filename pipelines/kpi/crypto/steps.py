@@ -119,7 +119,7 @@ def tally(rows: list[tuple]) -> dict:
     for day, state, broken, n in rows:
         per_day[day] += n
         status[state] += n
-        for reason in broken:
+        for reason in broken or ():
             reasons[reason] += n
         if state == "rejected":
             first[broken[0]] += n
