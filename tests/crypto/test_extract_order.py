@@ -78,7 +78,7 @@ def test_the_extract_date_never_comes_from_the_rows(crypto_env, tmp_path):
                        f"MEXICO,1,{dmy(D)},BTC,1,1\nMEXICO,2,1/1/2999,BTC,1,1\n")
     today = dt.datetime.now(dt.UTC).date()
     result = ingest_file(str(undated), settings=crypto_env)
-    assert (result["extract_date"], result["extract_date_source"]) == (today, "ingest_date")
+    assert result["extract_date"] == today and result["extract_date_source"] == "ingest_date"
     # the typo year belongs to the file's extract day, where it is rejected (validated and counted)
     days = query(crypto_env.database_url, "SELECT window_date, dated_rows, undated_rows FROM raw.crypto_batch_days"
                  " ORDER BY 1")
