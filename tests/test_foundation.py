@@ -94,7 +94,8 @@ def test_crypto_commands_work_on_a_database_nobody_prepared(empty_database, tmp_
     env = {**os.environ, "KPI_DATABASE_URL": empty_database, "KPI_HOME": str(tmp_path / "home"),
            "KPI_STORAGE_URL": (tmp_path / "storage").as_uri()}
     seed = reference_file("seed-data", "BT_CRYPTO_TRANSACTION_HISTORY.csv")
-    ingest = _kpi("crypto", "ingest", str(seed), env=env)
+    # the seed file's name carries no date: say which day it was extracted (else it would be today)
+    ingest = _kpi("crypto", "ingest", str(seed), "--extract-date", "2023-02-01", env=env)
     assert ingest.returncode == 0, ingest.stdout + ingest.stderr
     summary = json.loads(ingest.stdout.strip().splitlines()[-1])
     assert summary["schema_applied"] is True and summary["rows"] > 0
