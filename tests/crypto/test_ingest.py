@@ -201,3 +201,55 @@ def test_an_ingest_committing_while_a_stage_reads_is_not_half_seen(crypto_env, t
     assert summary["status"] == "published" and summary["raw_rows"] == 50 and summary["inserted"] == 50
     monkeypatch.undo()
     assert run_window(day, settings=crypto_env)["updated"] == 50  # the next run sees the new extract
+
+
+TRICKY_VALUES = {
+    "user_id": ["7", "007", "123456789012345678", "1234567890123456789", "-5", "1.0", " 5", "5 ", "", "x1", "٣",
+                "²", "1e3", "+4"],
+    "purchase_date": ["1/1/2026", "01/01/2026", "31/1/2026", "31/2/2026", "29/2/2024", "29/2/2023", "1/13/2026",
+                      "0/1/2026", "1/1/999", "1/1/0999", "15/6/2005", "1/1/2999", "2026-01-01", "1/1/26", "",
+                      " 1/1/2026", "1/1/2026 ", "١/١/٢٠٢٦", "123/1/2026"],
+    "purchase_price": ["1", "1.5", "0.000000001", "100.10", "1.", ".5", "-1", "-0.5", "1e3", "NaN", "1,5", " 1",
+                       "", "+1", "1.2.3", "00001.5000", "9" * 20, "9" * 21, "1." + "0" * 20, "1." + "1" * 21,
+                       "٣.٥", "0"],
+}
+
+
+def test_the_ingest_types_values_as_the_rule_list_s_sql_would(crypto_env, tmp_path):
+    """The typed columns the ingest writes (fast path and careful path) equal the SQL definitions of the rule
+    list, recomputed by Postgres from the text raw kept."""
+    from kpi.crypto.ingest import ingest_file
+    from kpi.crypto.rules import NUMBER_RE, USER_ID_MAX_DIGITS, USER_ID_RE
+
+    lines = []
+    for user in TRICKY_VALUES["user_id"]:
+        lines.append(f"CHILE,{user},1/1/2026,BTC,1,1")
+    for date in TRICKY_VALUES["purchase_date"]:
+        lines.append(f"CHILE,1,{date},BTC,1,1")
+    for number in TRICKY_VALUES["purchase_price"]:
+        lines.append(f"CHILE,1,1/1/2026,BTC,{number},{number}")
+        lines.append(f'"CHILE",1,1/1/2026,BTC,{number},{number}')  # the same values through csv (the careful path)
+    result = ingest_file(str(write_extract(tmp_path, dt.date(2026, 1, 5), lines)), settings=crypto_env)
+    assert result["malformed_rows"] == 2  # the two "1,5" lines have seven fields
+    mismatches = query(crypto_env.database_url, f"""
+        SELECT line_no, user_id, purchase_date, purchase_price, purchase_units
+        FROM raw.bt_crypto_transaction_history
+        WHERE raw_line IS NULL AND (
+              user_id_bigint IS DISTINCT FROM (CASE WHEN user_id ~ '{USER_ID_RE}'
+                                                    AND length(user_id) <= {USER_ID_MAX_DIGITS} THEN user_id::bigint END)
+           OR purchase_date_parsed IS DISTINCT FROM raw.parse_dmy(purchase_date)
+           OR purchase_date_is_real IS DISTINCT FROM (CASE WHEN purchase_date ~ '^[0-9]{{1,2}}/[0-9]{{1,2}}/[0-9]{{4}}$'
+                                                           THEN raw.parse_dmy(purchase_date) IS NOT NULL END)
+           OR (purchase_price_numeric IS NULL) <> (purchase_price !~ '{NUMBER_RE}')
+           OR (purchase_price ~ '^-?[0-9]{{1,20}}(\\.[0-9]{{1,20}})?$' AND (
+                  purchase_price_numeric IS DISTINCT FROM purchase_price::numeric
+               OR purchase_price_scale IS DISTINCT FROM scale(trim_scale(purchase_price::numeric))
+               OR purchase_value_exact IS DISTINCT FROM purchase_price::numeric * purchase_units::numeric))
+           OR (purchase_price ~ '{NUMBER_RE}' AND purchase_price_scale IS DISTINCT FROM
+                  length(rtrim(split_part(purchase_price, '.', 2), '0'))))
+        ORDER BY line_no""")
+    assert mismatches == []
+    # longer numbers get stand-ins that break the same rules
+    stand_ins = dict(query(crypto_env.database_url, "SELECT purchase_price, purchase_price_numeric"
+                           " FROM raw.bt_crypto_transaction_history WHERE length(purchase_price) > 20"))
+    assert stand_ins["9" * 21] == 10**20 and stand_ins["1." + "1" * 21] < 2

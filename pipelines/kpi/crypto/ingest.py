@@ -36,7 +36,6 @@ CHUNK = 4 << 20
 NULL = "\\N"  # NULL in COPY's text format
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 _DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
-_SPECIAL = re.compile(r'["\\\t\r\x00]')  # a line holding one of these takes the careful path (csv, escaping)
 LINES_PER_BATCH = 1 << 32  # raw_id = batch_id * 2^32 + line_no
 COPY_COLUMNS = ("raw_id", "batch_id", "line_no", *SOURCE_COLUMNS, "raw_line", "user_id_bigint",
                 "purchase_date_parsed", "purchase_date_is_real", "purchase_price_numeric", "purchase_price_scale",
@@ -176,13 +175,20 @@ def _escape(value: str) -> str:
 
 
 def _number_copy(text: str) -> str:
-    """``numeric<TAB>scale`` of :func:`type_number` in COPY's text format (unsigned plain decimals inline)."""
-    if text.isascii() and len(text) <= NUMBER_DIGITS_KEPT and text[:1] != "." and text[-1:] != "." \
-            and text.replace(".", "", 1).isdigit():
-        dot = text.find(".")
-        return f"{text}\t{0 if dot < 0 else len(text[dot + 1:].rstrip('0'))}"
+    """``numeric<TAB>scale`` of :func:`type_number` in COPY's text format."""
     typed, scale = type_number(text)
     return f"{NULL if typed is None else typed}\t{NULL if scale is None else scale}"
+
+
+def _plain_number(text: str) -> str | None:
+    """``numeric<TAB>scale`` in COPY's text format for an unsigned plain decimal of at most 20 integer digits and
+    20 decimals (the text as it is: what :func:`type_number` gives such a number), else None."""
+    if text.isascii():
+        whole, dot, decimals = text.partition(".")
+        if whole.isdigit() and len(whole) <= NUMBER_DIGITS_KEPT and (
+                not dot or (decimals.isdigit() and len(decimals) <= NUMBER_DIGITS_KEPT)):
+            return f"{text}\t{len(decimals.rstrip('0'))}"
+    return None
 
 
 @dataclass
@@ -194,8 +200,8 @@ class _Lines:
     width: int
     rows: int = 0
     malformed: int = 0
-    dates: dict = field(default_factory=dict)  # purchase date text -> (COPY text, purchase date or None)
-    per_date: dict = field(default_factory=dict)  # purchase date or None -> rows
+    dates: dict = field(default_factory=dict)  # purchase date text -> [COPY text, purchase date or None, rows]
+    per_date: dict = field(default_factory=dict)  # purchase date or None -> rows not counted in `dates`
 
     def __post_init__(self) -> None:
         self.identity = self.positions == list(range(6)) and self.width == 6
@@ -208,10 +214,12 @@ class _Lines:
         found = self.dates.get(text)
         if found is None:
             day, real = type_date(text)
-            found = (f"{day.isoformat() if day else NULL}\t{NULL if real is None else 't' if real else 'f'}", day)
-            if len(self.dates) < 100_000:  # a hostile file with millions of distinct dates is typed row by row
-                self.dates[text] = found
-        self.per_date[found[1]] = self.per_date.get(found[1], 0) + 1
+            found = [f"{day.isoformat() if day else NULL}\t{NULL if real is None else 't' if real else 'f'}", day, 0]
+            if len(self.dates) >= 100_000:  # a hostile file with millions of distinct dates is typed row by row
+                self.per_date[day] = self.per_date.get(day, 0) + 1
+                return found[0]
+            self.dates[text] = found
+        found[2] += 1
         return found[0]
 
     def _typed(self, user: str, date: str, price: str, units: str) -> str:
@@ -219,43 +227,58 @@ class _Lines:
                 f"{_number_copy(price)}\t{_number_copy(units)}")
 
     def copy_text(self, lines: list[str], first_line_no: int) -> str:
-        """COPY rows of ``lines`` (without line breaks) numbered from ``first_line_no``."""
+        """COPY rows of ``lines`` (without line breaks, a CR before the break removed) numbered from
+        ``first_line_no``."""
         if first_line_no + len(lines) >= LINES_PER_BATCH:
             raise IngestError(f"more than {LINES_PER_BATCH - 1} lines in one file")
         out = []
-        base, prefix, special = self.base, self.prefix, _SPECIAL.search
+        append, base, prefix, dates = out.append, self.base, self.prefix, self.dates
+        identity, blank = self.identity, 0
         for line_no, line in enumerate(lines, first_line_no):
-            line = line.removesuffix("\r")
             if not line:
-                continue  # a blank line: nothing was sent
-            self.rows += 1
-            if self.identity and special(line) is None:
+                blank += 1  # a blank line: nothing was sent
+                continue
+            # almost every row: no character that needs care (quote, backslash, tab, CR, NUL), six fields, a plain
+            # user id and unsigned plain numbers; it is copied as it is, typed by string tests
+            if identity and not ('"' in line or "\\" in line or "\t" in line or "\r" in line or "\x00" in line):
                 values = line.split(",")
                 if len(values) == 6:
-                    out.append(f"{base + line_no}{prefix}{line_no}\t{line.replace(',', chr(9))}\t{NULL}\t"
-                               f"{self._typed(values[1], values[2], values[4], values[5])}\n")
-                    continue
-                record = None
-            else:
-                try:
-                    record = next(csv.reader([line], strict=True))
-                except csv.Error:
-                    record = None  # an unmatched or stray quote: this line only
+                    _, user, date, _, price, units = values
+                    if user.isdigit() and user.isascii() and len(user) <= 18:
+                        typed_price = _plain_number(price)
+                        typed_units = _plain_number(units) if typed_price else None
+                        if typed_units:
+                            found = dates.get(date)
+                            if found is None:
+                                typed_date = self._date(date)
+                            else:
+                                found[2] += 1
+                                typed_date = found[0]
+                            append(f"{base + line_no}{prefix}{line_no}\t{line.replace(',', chr(9))}\t{NULL}\t{user}\t"
+                                   f"{typed_date}\t{typed_price}\t{typed_units}\n")
+                            continue
+            try:
+                record = next(csv.reader([line], strict=True))
+            except csv.Error:
+                record = None  # an unmatched or stray quote: this line only
             if record is None or len(record) != self.width:
                 self.malformed += 1
                 self.per_date[None] = self.per_date.get(None, 0) + 1
-                out.append(f"{base + line_no}{prefix}{line_no}\t{self.malformed_tail}\t{_escape(line)}\t"
-                           f"{self.untyped}\n")
+                append(f"{base + line_no}{prefix}{line_no}\t{self.malformed_tail}\t{_escape(line)}\t{self.untyped}\n")
                 continue
             values = [record[p].replace("\x00", "\\x00") for p in self.positions]
-            out.append(f"{base + line_no}{prefix}{line_no}\t{chr(9).join(_escape(v) for v in values)}\t{NULL}\t"
-                       f"{self._typed(values[1], values[2], values[4], values[5])}\n")
+            append(f"{base + line_no}{prefix}{line_no}\t{chr(9).join(_escape(v) for v in values)}\t{NULL}\t"
+                   f"{self._typed(values[1], values[2], values[4], values[5])}\n")
+        self.rows += len(lines) - blank
         return "".join(out)
 
     def days(self, extract_date: dt.date) -> dict[dt.date, list[int]]:
         """Window day -> [rows with a usable purchase date, rows without one] of the lines seen."""
+        counts = dict(self.per_date)
+        for _, day, rows in self.dates.values():
+            counts[day] = counts.get(day, 0) + rows
         days: dict[dt.date, list[int]] = {}
-        for day, rows in self.per_date.items():
+        for day, rows in counts.items():
             target, usable = window_day(day, extract_date)
             days.setdefault(target, [0, 0])[0 if usable else 1] += rows
         return days
@@ -371,7 +394,7 @@ def ingest_file(source: str, *, extract_date: dt.date | None = None, force: bool
                 fs.open(path, "rb") as stream:
             line_no = 1
             for index, block in enumerate(_blocks(stream, digest)):
-                text = block.decode("utf-8", errors="backslashreplace").split("\n")[:-1]
+                text = block.decode("utf-8", errors="backslashreplace").replace("\r\n", "\n").split("\n")[:-1]
                 if index == 0:
                     text = text[1:]  # the header (BOM and all) was read in the first pass
                     line_no = 2
