@@ -20,4 +20,4 @@ GROUP BY 1, 2, 3
 -- statistics for the publish joins (only the columns they filter and join on: a full ANALYZE of the wide
 -- rows took 0.4 s for 1M rows)
 ANALYZE staging.bt_crypto_events_candidate
-    (run_id, status, superseded_by, window_date, site_id, user_id, purchase_date, crypto_type)
+    (run_id, status, superseded_by, site_id, user_id, purchase_date, crypto_type)

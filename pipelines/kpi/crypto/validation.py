@@ -78,7 +78,7 @@ def run_expectations(settings: Settings, run_id: str, logical_date: dt.date) -> 
         for item in validation.results:
             reason = (item.expectation_config.meta or {}).get("reason")
             result = item.result or {}
-            count = result.get("unexpected_count")
+            count = result.get("unexpected_count", result.get("observed_value"))  # a counted query: its rows
             if reason in STRUCTURAL_CHECKS:  # no row-level reason: 0 when it holds, else what GE saw (or -1)
                 observed = result.get("observed_value")
                 unexpected[reason] = 0 if item.success else (

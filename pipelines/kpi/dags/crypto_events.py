@@ -1,5 +1,5 @@
-"""Daily refresh of the crypto events window [D-4, D], D the last complete day: landing -> stage -> validate
--> quarantine -> publish -> report.
+"""Daily refresh of the crypto events window [D-4, D], D the last complete day: landing -> stage ->
+(validate, quarantine) -> publish -> report.
 
 Schedule: ``CronTriggerTimetable("0 0 * * *", UTC)`` with a one-day interval. The run that fires at 00:00
 UTC of D+1 has the data interval [D, D+1) and processes the window ending on D, the day that just ended
@@ -101,7 +101,11 @@ def crypto_events():
 
     landing = ingest_landing()
     landing_check(landing)
-    landing >> stage() >> validate() >> quarantine() >> publish() >> report()
+    staged = stage()
+    published = publish()
+    # validation and quarantine both read the staged rows and nothing else: they run side by side, and the
+    # publish refuses a run unless both have recorded their outcome
+    landing >> staged >> [validate(), quarantine()] >> published >> report()
 
 
 crypto_events()
