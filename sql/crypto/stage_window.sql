@@ -11,9 +11,11 @@
 -- * Among current rows, the latest ingested row of a complete key wins (highest batch, then highest line);
 --   the others are superseded ('newer_duplicate'). This is the statement's one sort, and the rows leave it
 --   in key order, so staging is written in the order the publish upsert wants them.
+-- * The statement returns the staged rows' counts (see the end).
 -- * Each "OFFSET 0" keeps its subquery from being flattened into the outer query, which would copy the
 --   expressions computed there (the reasons array) into every place that uses them and evaluate them more
 --   than once per row.
+WITH staged AS (
 INSERT INTO staging.bt_crypto_events_candidate (
     run_id, raw_id, batch_id, line_no, extract_date, window_date, status, superseded_by, reasons, raw_line,
     site_id, user_id_text, purchase_date_text, crypto_type, purchase_price_text, purchase_units_text,
@@ -80,3 +82,10 @@ FROM (
     ) k
     OFFSET 0
 ) v
+RETURNING window_date, status, reasons
+)
+-- the staged rows per window day, status and broken rules (only rejected rows have any), counted as they are
+-- written: conservation per day, the status counts and the rows per reason (a second scan cost 0.3 s)
+SELECT window_date, status, CASE WHEN status = 'rejected' THEN reasons END, count(*)
+FROM staged
+GROUP BY 1, 2, 3

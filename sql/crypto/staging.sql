@@ -8,14 +8,6 @@ TRUNCATE staging.bt_crypto_events_candidate
 -- another run is in flight: free the rows of every run but those
 DELETE FROM staging.bt_crypto_events_candidate WHERE run_id <> ALL(%(keep)s::text[])
 
--- name: counts
--- the staged rows per window day, status and broken rules (only rejected rows have any): conservation per
--- day, the status counts and the rows per reason, from one scan (grouping by every row's array took 3x longer)
-SELECT window_date, status, CASE WHEN status = 'rejected' THEN reasons END AS reasons, count(*)
-FROM staging.bt_crypto_events_candidate
-WHERE run_id = %(run_id)s
-GROUP BY 1, 2, 3
-
 -- name: analyze
 -- statistics for the publish joins (only the columns they filter and join on: a full ANALYZE of the wide
 -- rows took 0.4 s for 1M rows)

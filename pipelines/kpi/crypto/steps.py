@@ -110,7 +110,7 @@ def _require_staging(run: dict) -> None:
 
 
 def tally(rows: list[tuple]) -> dict:
-    """Counts of ``staging:counts`` rows ``(window_date, status, reasons, n)``: per day, per status, rows per
+    """Counts of the stage statement's rows ``(window_date, status, reasons, n)``: per day, per status, rows per
     broken rule (a row breaking two rules counts for both) and rejected rows per first broken rule."""
     per_day: Counter = Counter()
     status = {"valid": 0, "rejected": 0, "superseded": 0}
@@ -163,12 +163,11 @@ def stage_window(day: dt.date, run_id: str, settings: Settings, conn: psycopg.Co
             sql("window_days", settings), {"window_start": start, "window_end": end}).fetchall()
         from kpi.crypto.rules import sql_params
 
-        c.execute(sql("stage_window", settings), {
+        counts = tally(c.execute(sql("stage_window", settings), {
             "run_id": run_id, "days": [d.window_date for d in days], "current_batches": [d.current_batch_id for d in days],
             "current_extract_dates": [d.current_extract_date for d in days],
             "batch_ids": sorted({b for d in days for b in d.batch_ids}),
-            **sql_params(settings.crypto_allowed_sites, settings.crypto_allowed_cryptos)})
-        counts = tally(c.execute(sql("staging:counts", settings), {"run_id": run_id}).fetchall())
+            **sql_params(settings.crypto_allowed_sites, settings.crypto_allowed_cryptos)}).fetchall())
         expected = {d.window_date: d.raw_rows for d in days}
         wrong = {d.isoformat(): (expected.get(d, 0), counts["per_day"].get(d, 0))
                  for d in set(expected) | set(counts["per_day"]) if expected.get(d, 0) != counts["per_day"].get(d, 0)}
