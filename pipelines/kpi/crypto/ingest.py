@@ -223,7 +223,7 @@ class _Lines:
         return found[0]
 
     def _typed(self, user: str, date: str, price: str, units: str) -> str:
-        return (f"{user if user.isdigit() and user.isascii() and len(user) <= 18 else NULL}\t{self._date(date)}\t"
+        return (f"{NULL if type_user_id(user) is None else user}\t{self._date(date)}\t"
                 f"{_number_copy(price)}\t{_number_copy(units)}")
 
     def copy_text(self, lines: list[str], first_line_no: int) -> str:

@@ -24,6 +24,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 
 from kpi.crypto.queries import sql
+from kpi.crypto.rules import sql_params
 from kpi.crypto.runs import (
     PIPELINE,
     jsonable,
@@ -161,8 +162,6 @@ def stage_window(day: dt.date, run_id: str, settings: Settings, conn: psycopg.Co
         c.execute("SET LOCAL work_mem = '256MB'")  # the window's sort stays in memory up to ~1M rows
         days = c.cursor(row_factory=namedtuple_row).execute(
             sql("window_days", settings), {"window_start": start, "window_end": end}).fetchall()
-        from kpi.crypto.rules import sql_params
-
         counts = tally(c.execute(sql("stage_window", settings), {
             "run_id": run_id, "days": [d.window_date for d in days], "current_batches": [d.current_batch_id for d in days],
             "current_extract_dates": [d.current_extract_date for d in days],
