@@ -88,7 +88,7 @@ def crypto_db(dash_db, tmp_path):
     with connect(dash_db) as conn:
         conn.execute("TRUNCATE dqm.dq_runs, dqm.bt_crypto_events_rejects, prod.bt_crypto_events, "
                      "staging.bt_crypto_events_candidate, raw.bt_crypto_transaction_history, "
-                     "raw.crypto_ingest_batches")
+                     "raw.crypto_batch_days, raw.crypto_ingest_batches")
         conn.commit()
 
 
