@@ -318,6 +318,17 @@ def main() -> dict:
             },
             "targets": TARGETS,
         }
+        # the fastest repeat of each side: on a shared machine the least disturbed one (the targets are judged
+        # on the medians above)
+        best = {"bare_upsert_seconds": min(t for t, _ in bares), "one_shot_seconds": min(t for t, _ in one_shots),
+                "dag_order_seconds": min(t for t, _ in dag_runs), "ingest_1m_file_seconds": min(i["seconds"] for i in ingests)}
+        result["best_of_repeats"] = {
+            **{k: round(v, 3) for k, v in best.items()},
+            "one_shot_ratio_to_bare": round(best["one_shot_seconds"] / best["bare_upsert_seconds"], 3),
+            "dag_order_ratio_to_bare": round(best["dag_order_seconds"] / best["bare_upsert_seconds"], 3),
+            "dag_order_rows_per_second": round(raw_rows / best["dag_order_seconds"]),
+            "ingest_1m_file_rows_per_second": round(ingest["rows"] / best["ingest_1m_file_seconds"]),
+        }
         result["meets_targets"] = {
             "one_shot_ratio": result["one_shot"]["ratio_to_bare"] <= TARGETS["ratio_to_bare_max"],
             "one_shot_rows_per_second": result["one_shot"]["rows_per_second"] >= TARGETS["rows_per_second_min"],
