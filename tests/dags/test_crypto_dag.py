@@ -5,7 +5,9 @@ The runs use the real Postgres and a file:// landing prefix; Airflow runs the ta
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import sys
 
 import pytest
 
@@ -31,7 +33,7 @@ def _utc(*args) -> dt.datetime:
 
 def test_the_run_firing_at_midnight_processes_the_day_that_just_ended(airflow_home, monkeypatch):
     from airflow.timetables.base import DataInterval, TimeRestriction
-    from kpi.crypto.window import last_complete_day, window_bounds
+    from kpi.crypto.window import last_complete_day, run_day, window_bounds
     from kpi.settings import Settings
 
     dag = _scheduler_timetable(monkeypatch, "2026-03-01")
@@ -56,6 +58,10 @@ def test_the_run_firing_at_midnight_processes_the_day_that_just_ended(airflow_ho
                                (_utc(2026, 3, 11, 23, 59), dt.date(2026, 3, 10))):
         interval = timetable.infer_manual_data_interval(run_after=trigger)
         assert last_complete_day(interval.end) == processed, trigger
+        assert run_day(interval.end, trigger) == run_day(None, trigger) == processed, trigger
+    assert run_day(first.data_interval.end, first.run_after) == dt.date(2026, 3, 1)
+    with pytest.raises(ValueError, match="run_after"):
+        run_day(None, None)
 
 
 def _land(settings, tmp_path, last_day: dt.date, days: int = 1, **simulation) -> list[str]:
@@ -94,6 +100,26 @@ def test_a_dag_run_ingests_what_landed_and_publishes_the_window_of_the_day_befor
     assert raw_rows == valid + quarantined + superseded and inserted == valid == published > 0
     prod = query(kpi_env.database_url, "SELECT count(*), max(purchase_date), min(last_run_id) FROM prod.bt_crypto_events")[0]
     assert prod == (valid, dt.date(2026, 1, 2), run["run_id"])
+    clean_crypto_tables(kpi_env.database_url)
+
+
+@pytest.mark.slow
+def test_a_run_triggered_without_a_logical_date_processes_the_last_day_complete_when_triggered(
+        airflow_home, kpi_env, tmp_path):
+    # Airflow 3's UI and REST API may trigger a run with a null logical date: it has no data interval
+    from kpi.airflow_local import load_dag, use_one_warm_execution_api
+
+    _land(kpi_env, tmp_path, dt.date(2026, 1, 2), rows_per_day=100, anomaly_rate=0.0, seed=5)
+    dag = load_dag("crypto_events")
+    use_one_warm_execution_api()
+    with contextlib.redirect_stdout(sys.stderr):  # Airflow 3.2.2 prints outlet events to stdout
+        run = dag.test(logical_date=None, run_after=_utc(2026, 1, 3, 9, 30))
+    assert run.logical_date is None and run.data_interval_end is None
+    tasks = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}
+    assert all(state == "success" for state in tasks.values()) and len(tasks) == 7, tasks
+    record = query(kpi_env.database_url, "SELECT logical_date, window_start, window_end, status, published"
+                   " FROM dqm.dq_runs WHERE run_id = %s", (run.run_id,))
+    assert record == [(dt.date(2026, 1, 2), dt.date(2025, 12, 29), dt.date(2026, 1, 2), "published", 100)]
     clean_crypto_tables(kpi_env.database_url)
 
 

@@ -147,19 +147,20 @@ def check_landing_or_fail(summary: dict) -> dict:
     return {"set_aside": 0, "ingested": len(summary.get("ingested", [])), "skipped": len(summary.get("skipped", []))}
 
 
-def run_dag_step(step: str, data_interval_end: dt.datetime, run_id: str) -> dict:
+def run_dag_step(step: str, run_id: str, data_interval_end: dt.datetime | None,
+                 run_after: dt.datetime | None = None) -> dict:
     """One task of the ``crypto_events`` DAG: the step ``step`` for the last day complete at the end of the
-    run's data interval (:func:`~kpi.crypto.window.last_complete_day`).
+    run's data interval, or at its ``run_after`` when it has none (:func:`~kpi.crypto.window.run_day`).
 
     Failures a retry cannot fix (a failed gate, a run that may not be published, a failed validation, a
     conservation error, freed staging rows) fail the task without retries.
     """
     from kpi.crypto.steps import ConservationError, quarantine_rows, validate_window
-    from kpi.crypto.window import last_complete_day
+    from kpi.crypto.window import run_day
 
     steps = {"stage": stage_window, "validate": validate_window, "quarantine": quarantine_rows,
              "publish": publish_window_or_fail, "report": report_run}
-    day = last_complete_day(data_interval_end)
+    day = run_day(data_interval_end, run_after)
     try:
         return steps[step](day, run_id)
     except (GateFailed, NotPublishable, StagingUnavailable, ValidationFailed, ConservationError) as exc:

@@ -28,6 +28,23 @@ def last_complete_day(data_interval_end: dt.datetime) -> dt.date:
     return (end - dt.timedelta(days=1)).date()
 
 
+def run_day(data_interval_end: dt.datetime | None, run_after: dt.datetime | None = None) -> dt.date:
+    """The day D a ``crypto_events`` run processes: :func:`last_complete_day` at the end of its data interval.
+
+    A run triggered without a logical date (allowed by Airflow 3's UI and REST API) has no data interval:
+    it is anchored on the time it was triggered for (``run_after``), so it processes the last day complete
+    then, as a run triggered with that time as its logical date would.
+
+    Raises:
+        ValueError: neither time is known.
+    """
+    anchor = data_interval_end or run_after
+    if anchor is None:
+        raise ValueError("a crypto_events run needs its data interval's end or its run_after to know which day"
+                         " it processes; neither was given")
+    return last_complete_day(anchor)
+
+
 def new_run_id(day: dt.date) -> str:
     """A run id for runs started outside Airflow."""
     return f"manual__{day.isoformat()}__{uuid.uuid4().hex[:8]}"

@@ -2,10 +2,12 @@
 (validate, quarantine) -> publish -> report.
 
 Schedule: ``CronTriggerTimetable("0 0 * * *", UTC)`` with a one-day interval. The run that fires at 00:00
-UTC of D+1 has the data interval [D, D+1) and processes the window ending on D, the day that just ended
-(``kpi.crypto.window.last_complete_day`` of the interval's end). A manual run triggered at time T (or for
-logical date T) processes the window ending on the last day complete at T. The first run fires at 00:00
-of ``KPI_CRYPTO_START_DATE`` + 1 day and processes ``KPI_CRYPTO_START_DATE``.
+UTC of D+1 has the data interval [D, D+1) and the logical date D, and processes the window ending on D, the
+day that just ended (``kpi.crypto.window.run_day``: the last day complete at the interval's end). A manual
+run with logical date T gets the interval [T - 1 day, T] and processes the window ending on the last day
+complete at T: to process day D, trigger it for D+1 00:00 UTC (or pass the interval D/D+1). A manual run
+without a logical date (no data interval) processes the last day complete at its run_after. The first run
+fires at 00:00 of ``KPI_CRYPTO_START_DATE`` + 1 day and processes ``KPI_CRYPTO_START_DATE``.
 
 ``ingest_landing`` first ingests every new file under ``<KPI_STORAGE_URL>/landing/crypto/`` (then the
 window sees it); ``landing_check`` fails the run, after the window was processed with the good files,
@@ -70,34 +72,34 @@ def crypto_events():
         return check_landing_or_fail(landing)
 
     @task
-    def stage(data_interval_end=None, run_id=None) -> dict:
+    def stage(data_interval_end=None, dag_run=None, run_id=None) -> dict:
         from kpi.crypto.pipeline import run_dag_step
 
-        return run_dag_step("stage", data_interval_end, run_id)
+        return run_dag_step("stage", run_id, data_interval_end, dag_run.run_after)
 
     @task
-    def validate(data_interval_end=None, run_id=None) -> dict:
+    def validate(data_interval_end=None, dag_run=None, run_id=None) -> dict:
         from kpi.crypto.pipeline import run_dag_step
 
-        return run_dag_step("validate", data_interval_end, run_id)
+        return run_dag_step("validate", run_id, data_interval_end, dag_run.run_after)
 
     @task
-    def quarantine(data_interval_end=None, run_id=None) -> dict:
+    def quarantine(data_interval_end=None, dag_run=None, run_id=None) -> dict:
         from kpi.crypto.pipeline import run_dag_step
 
-        return run_dag_step("quarantine", data_interval_end, run_id)
+        return run_dag_step("quarantine", run_id, data_interval_end, dag_run.run_after)
 
     @task
-    def publish(data_interval_end=None, run_id=None) -> dict:
+    def publish(data_interval_end=None, dag_run=None, run_id=None) -> dict:
         from kpi.crypto.pipeline import run_dag_step
 
-        return run_dag_step("publish", data_interval_end, run_id)
+        return run_dag_step("publish", run_id, data_interval_end, dag_run.run_after)
 
     @task
-    def report(data_interval_end=None, run_id=None) -> dict:
+    def report(data_interval_end=None, dag_run=None, run_id=None) -> dict:
         from kpi.crypto.pipeline import run_dag_step
 
-        return run_dag_step("report", data_interval_end, run_id)
+        return run_dag_step("report", run_id, data_interval_end, dag_run.run_after)
 
     landing = ingest_landing()
     landing_check(landing)
