@@ -98,3 +98,10 @@ UPDATE dqm.dq_runs
 UPDATE dqm.dq_runs
    SET status = 'failed', error = %(error)s, finished_at = now(), last_step = %(step)s, last_step_at = now()
  WHERE run_id = %(run_id)s AND finished_at IS NULL
+
+-- name: stale_by
+-- another run published an overlapping window after this run was staged: this run's stage is stale
+SELECT run_id FROM dqm.dq_runs
+ WHERE pipeline = %(pipeline)s AND run_id <> %(run_id)s AND status = 'published'
+   AND window_start <= %(window_end)s AND window_end >= %(window_start)s AND finished_at > %(started_at)s
+ LIMIT 1

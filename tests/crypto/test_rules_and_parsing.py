@@ -8,9 +8,9 @@ import pytest
 
 from kpi.crypto import rules
 from kpi.crypto.ingest import IngestError, extract_date_from_name, map_header
-from kpi.crypto.steps import check_gate
-from kpi.crypto.window import window_bounds
 from kpi.crypto.simulate import ANOMALIES, ANOMALY_KINDS, simulate_extracts
+from kpi.crypto.steps import judge_rejects
+from kpi.crypto.window import window_bounds
 from kpi.settings import Settings
 
 
@@ -73,9 +73,11 @@ def test_every_simulated_anomaly_maps_to_a_known_reason():
 @pytest.mark.parametrize(("valid", "rejected", "threshold", "passes"), [
     (95, 5, 0.05, True), (94, 6, 0.05, False), (0, 0, 0.05, True), (10, 0, 0.0, True), (9, 1, 0.0, False)])
 def test_gate_compares_the_rejected_share_of_validated_rows(valid, rejected, threshold, passes):
-    ok, share = check_gate({"valid": valid, "rejected": rejected, "superseded": 1000}, threshold)
-    assert ok is passes
-    assert share == pytest.approx(rejected / (valid + rejected) if valid + rejected else 0.0)
+    run = {"valid": valid, "quarantined": rejected, "superseded": 1000, "logical_date": "2026-01-01",
+           "top_reasons": {"site_id_unknown": rejected}}
+    gate = judge_rejects(run, Settings(crypto_reject_threshold=threshold))
+    assert gate.passed is passes and gate.reason == (None if passes else "reject_share")
+    assert gate.reject_share == pytest.approx(rejected / (valid + rejected) if valid + rejected else 0.0)
 
 
 def test_simulator_is_deterministic_and_plays_updates_deletions_and_anomalies(tmp_path):

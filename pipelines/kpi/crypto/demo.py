@@ -39,6 +39,8 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
 
     from kpi.airflow_local import activate_airflow_home, prepare_airflow_home, run_dag_once
     from kpi.crypto.landing import landing_url
+    from kpi.crypto.queries import sql
+    from kpi.crypto.runs import run_row
     from kpi.crypto.simulate import simulate_extracts
     from kpi.db import connect, database_url
     from kpi.storage import join, read_bytes, write_bytes
@@ -62,9 +64,10 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
         landed = run.get("xcom", {}).get("ingest_landing") or {}
         ingested = {"rows": sum(f["rows"] for f in landed.get("ingested", []))}
         with connect(database_url(settings)) as conn:
-            cur = conn.execute("SELECT * FROM dqm.dq_runs WHERE run_id = %s", (run["run_id"],))
-            found = cur.fetchone()
-            record = dict(zip([c.name for c in cur.description], found)) if found else {}
+            try:
+                record = run_row(conn, run["run_id"], settings)
+            except LookupError:  # the run failed before its stage opened a record
+                record = {}
         top = record.get("top_reasons") or {}
         top_reason = max(top.items(), key=lambda kv: (kv[1], kv[0]))[0] if top else ""
         rows.append({
@@ -82,17 +85,16 @@ def run_crypto_demo(settings: Settings, days: int = 10, rows_per_day: int = 2000
         table.add_row(*(_cell(rows[-1][c]) for c in TABLE_COLUMNS))
         console.print(table)
     with connect(database_url(settings)) as conn:
-        active = conn.execute("SELECT count(*) FILTER (WHERE is_active), count(*) FROM prod.bt_crypto_events").fetchone()
-        rejects = conn.execute("SELECT count(*) FROM dqm.bt_crypto_events_rejects").fetchone()[0]
+        active_keys, all_keys, rejects = conn.execute(sql("demo:totals", settings)).fetchone()
     summary = Table(title="crypto: all days")
     for col in TABLE_COLUMNS:
         summary.add_column(HEADERS.get(col, col), justify="left" if col in ("day", "gate", "top_reason", "dag_state") else "right")
     for row in rows:
         summary.add_row(*(_cell(row[c]) for c in TABLE_COLUMNS))
     console.print(summary)
-    console.print(f"prod.bt_crypto_events: {active[0]} active of {active[1]} keys; "
+    console.print(f"prod.bt_crypto_events: {active_keys} active of {all_keys} keys; "
                   f"dqm.bt_crypto_events_rejects: {rejects} rows")
-    return {"days": rows, "prod_active": active[0], "prod_keys": active[1], "rejects": rejects,
+    return {"days": rows, "prod_active": active_keys, "prod_keys": all_keys, "rejects": rejects,
             "failed_runs": [r["run_id"] for r in dag_runs if "success" not in r["state"]],
             "anomaly_kinds": simulated["anomaly_kinds"]}
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from kpi.crypto.queries import sql
 from kpi.settings import Settings, get_settings
 
 SOURCE_COLUMNS = ("site_id", "user_id", "purchase_date", "crypto_type", "purchase_price", "purchase_units")
@@ -320,9 +321,8 @@ def _sha256(fs, path: str) -> tuple[str, bytes]:
 # ------------------------------------------------------------------------------------------------------
 
 
-def _previous(conn: psycopg.Connection, sha: str) -> int | None:
-    found = conn.execute("SELECT batch_id FROM raw.crypto_ingest_batches WHERE content_sha256 = %s"
-                         " ORDER BY batch_id LIMIT 1", (sha,)).fetchone()
+def _previous(conn: psycopg.Connection, sha: str, settings: Settings) -> int | None:
+    found = conn.execute(sql("ingest:previous", settings), {"sha": sha}).fetchone()
     return found[0] if found else None
 
 
@@ -370,22 +370,21 @@ def ingest_file(source: str, *, extract_date: dt.date | None = None, force: bool
     summary = {"batch_id": None, "source": source, "rows": 0, "malformed_rows": 0, "extract_date": extract_date,
                "extract_date_source": date_source, "content_sha256": sha, "duplicate_of": None, "forced": False}
     with connect(database_url or configured_url(settings)) as conn:
-        previous = _previous(conn, sha)
+        previous = _previous(conn, sha, settings)
         conn.commit()
         if previous is not None and not force:
             return {**summary, "duplicate_of": previous, "seconds": round(time.perf_counter() - began, 3),
                     "note": "identical content was ingested before; nothing added (use --force to add it again)"}
         try:
-            batch_id = conn.execute(
-                "INSERT INTO raw.crypto_ingest_batches (source, content_sha256, extract_date, extract_date_source,"
-                " header, row_count, malformed_rows, ingested_at, forced, archived_url)"
-                " VALUES (%s, %s, %s, %s, %s, 0, 0, %s, %s, %s) RETURNING batch_id",
-                (source, sha, extract_date, date_source, header_text, ingested_at, previous is not None,
-                 archived_url)).fetchone()[0]
+            batch_id = conn.execute(sql("ingest:open_batch", settings), {
+                "source": source, "sha": sha, "extract_date": extract_date, "extract_date_source": date_source,
+                "header": header_text, "ingested_at": ingested_at, "forced": previous is not None,
+                "archived_url": archived_url}).fetchone()[0]
         except psycopg.errors.UniqueViolation:
             # the same bytes were being ingested at the same time and that ingest committed first
             conn.rollback()
-            return {**summary, "duplicate_of": _previous(conn, sha), "seconds": round(time.perf_counter() - began, 3),
+            return {**summary, "duplicate_of": _previous(conn, sha, settings),
+                    "seconds": round(time.perf_counter() - began, 3),
                     "note": "identical content was ingested at the same time by another ingest; nothing added"}
         lines = _Lines(batch_id, positions, len(header))
         digest = hashlib.sha256()
@@ -405,11 +404,11 @@ def ingest_file(source: str, *, extract_date: dt.date | None = None, force: bool
             raise IngestError(f"{source} changed while it was being ingested (sha256 {sha} before, "
                               f"{digest.hexdigest()} after): nothing was written; ingest it again")
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO raw.crypto_batch_days (batch_id, window_date, dated_rows, undated_rows)"
-                            " VALUES (%s, %s, %s, %s)",
-                            [(batch_id, day, dated, undated) for day, (dated, undated) in lines.days(extract_date).items()])
-        conn.execute("UPDATE raw.crypto_ingest_batches SET row_count = %s, malformed_rows = %s WHERE batch_id = %s",
-                     (lines.rows, lines.malformed, batch_id))
+            cur.executemany(sql("ingest:batch_day", settings), [
+                {"batch_id": batch_id, "window_date": day, "dated_rows": dated, "undated_rows": undated}
+                for day, (dated, undated) in lines.days(extract_date).items()])
+        conn.execute(sql("ingest:close_batch", settings),
+                     {"rows": lines.rows, "malformed": lines.malformed, "batch_id": batch_id})
         conn.commit()
     return {**summary, "batch_id": batch_id, "rows": lines.rows, "malformed_rows": lines.malformed,
             "duplicate_of": previous, "forced": previous is not None, "seconds": round(time.perf_counter() - began, 3)}

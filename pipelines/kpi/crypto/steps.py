@@ -324,18 +324,13 @@ class Gate:
     details: dict = field(default_factory=dict)
 
 
-def check_gate(counts: dict, threshold: float) -> tuple[bool, float]:
-    """(passes, rejected share): the share is rejected / (valid + rejected), the rows up for validation."""
+def judge_rejects(run: dict, settings: Settings) -> Gate:
+    """The reject-share gate on the stage's counts: rejected / (valid + rejected), the rows that were up for
+    validation (superseded rows were not), may not exceed ``KPI_CRYPTO_REJECT_THRESHOLD``."""
+    counts = {"valid": run["valid"], "rejected": run["quarantined"]}
     judged = counts["valid"] + counts["rejected"]
     share = counts["rejected"] / judged if judged else 0.0
-    return share <= threshold, share
-
-
-def judge_rejects(run: dict, settings: Settings) -> Gate:
-    """The reject-share gate on the stage's counts."""
-    counts = {"valid": run["valid"], "rejected": run["quarantined"]}
-    passed, share = check_gate(counts, settings.crypto_reject_threshold)
-    if passed:
+    if share <= settings.crypto_reject_threshold:
         return Gate(True, share)
     top = dict(sorted((run.get("top_reasons") or {}).items(), key=lambda kv: (-kv[1], kv[0])))
     top_text = ", ".join(f"{r} ({n})" for r, n in list(top.items())[:3])
@@ -345,11 +340,10 @@ def judge_rejects(run: dict, settings: Settings) -> Gate:
                 " nothing published")
 
 
-def _refuse_stale(conn: psycopg.Connection, run: dict) -> None:
-    stale = conn.execute(
-        "SELECT run_id FROM dqm.dq_runs WHERE pipeline = %s AND run_id <> %s AND status = 'published'"
-        " AND window_start <= %s AND window_end >= %s AND finished_at > %s LIMIT 1",
-        (PIPELINE, run["run_id"], run["window_end"], run["window_start"], run["started_at"])).fetchone()
+def _refuse_stale(conn: psycopg.Connection, run: dict, settings: Settings) -> None:
+    stale = conn.execute(sql("dq_runs:stale_by", settings), {
+        "pipeline": PIPELINE, "run_id": run["run_id"], "window_start": run["window_start"],
+        "window_end": run["window_end"], "started_at": run["started_at"]}).fetchone()
     if stale:
         raise StaleStage(f"run {stale[0]} published an overlapping window after {run['run_id']} was staged;"
                          " stage this date again")
@@ -410,7 +404,7 @@ def publish_window(day: dt.date, run_id: str, settings: Settings, conn: psycopg.
         lock(c)
         run = run_row(c, run_id, settings, for_update=True)
         require_publishable(run)
-        _refuse_stale(c, run)
+        _refuse_stale(c, run, settings)
         gate = judge_rejects(run, settings)
         result = publish_rows(c, run, gate, settings) if gate.passed else gate
         if isinstance(result, Gate):
