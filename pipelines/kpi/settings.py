@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     spark_driver_memory: str = Field("1g", description="Driver memory (kubernetes backend).")
     spark_executor_memory: str = Field("1g", description="Executor memory (kubernetes backend).")
     spark_executor_instances: int = Field(1, ge=1, description="Executors (kubernetes backend).")
+    spark_driver_cores_request: str = Field(
+        "400m", pattern=r"^[0-9.]+m?$", description="CPU the driver pod requests (Kubernetes quantity)."
+    )
+    spark_executor_cores_request: str = Field(
+        "500m", pattern=r"^[0-9.]+m?$", description="CPU each executor pod requests (Kubernetes quantity)."
+    )
+    spark_memory_overhead: str = Field(
+        "512m", pattern=r"^[0-9]+[kmgt]?$", description="Off-heap memory of each Spark pod (pod = heap + this)."
+    )
     spark_s3_secret: str = Field(
         "kpi-s3-credentials", description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for Spark pods."
     )

@@ -127,8 +127,10 @@ def template_values(settings: Settings, data_url: str, as_of: dt.date | str, *, 
         "env": env,
         "secret_env": secret_env,
         "resources": {
-            "driver": {"cores": 1, "core_limit": "1", "memory": settings.spark_driver_memory},
-            "executor": {"cores": 1, "core_limit": "1", "memory": settings.spark_executor_memory,
+            "driver": {"cores": 1, "core_request": settings.spark_driver_cores_request, "core_limit": "1",
+                       "memory": settings.spark_driver_memory, "memory_overhead": settings.spark_memory_overhead},
+            "executor": {"cores": 1, "core_request": settings.spark_executor_cores_request, "core_limit": "1",
+                         "memory": settings.spark_executor_memory, "memory_overhead": settings.spark_memory_overhead,
                          "instances": settings.spark_executor_instances},
         },
     }
