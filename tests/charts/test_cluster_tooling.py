@@ -65,3 +65,15 @@ def test_smoke_script_checks_the_five_promises():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "smoke.py"), "--help"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "--namespace" in result.stdout
+
+
+def test_deploy_lets_helm_run_the_migrations_hook_and_waits_for_the_pods_itself():
+    """`helm upgrade --wait` would run the Airflow chart's post-install migrations hook only once every pod is
+    ready, while the Airflow pods wait for those migrations: a deadlock until the timeout."""
+    tasks = yaml.safe_load((ROOT / "taskfiles" / "cluster.yml").read_text())["tasks"]
+    commands = [str(c) for c in tasks["deploy"]["cmds"]]
+    upgrade = next(c for c in commands if "helm upgrade --install" in c)
+    assert "--wait" not in upgrade and "--timeout" in upgrade
+    assert any("kubectl" in c and "wait --for=condition=Ready" in c for c in commands[commands.index(upgrade):])
+    values = yaml.safe_load((ROOT / "charts" / "kpi-platform" / "values.yaml").read_text())
+    assert values["airflow"]["migrateDatabaseJob"]["useHelmHooks"] is True
