@@ -56,6 +56,15 @@ def test_kind_smoke_workflow_passes_actionlint_and_runs_the_tasks():
     assert "task cluster-up" in text and "task smoke" in text
 
 
+def test_smoke_runs_on_kind_by_default_and_on_the_local_platform_with_target_local():
+    tasks = yaml.safe_load((ROOT / "taskfiles" / "cluster.yml").read_text())["tasks"]
+    assert tasks["smoke"]["vars"]["TARGET"] == '{{.TARGET | default "kind"}}'
+    assert "--target {{.TARGET}}" in tasks["smoke"]["cmds"][0]
+    platform = yaml.safe_load((ROOT / "taskfiles" / "platform.yml").read_text())["tasks"]
+    assert platform["platform-up"]["cmds"] == ["{{.ROOT_DIR}}/.venv/bin/kpi platform up {{.CLI_ARGS}}"]
+    assert "kpi platform down" in platform["platform-down"]["cmds"][0]
+
+
 def test_smoke_script_checks_the_five_promises():
     source = (ROOT / "scripts" / "smoke.py").read_text()
     for promise in ("prod.bt_crypto_events", "sparkapplications", "alias=champion", "drift-reports", "_stcore/health"):
