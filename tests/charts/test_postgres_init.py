@@ -42,7 +42,8 @@ def _run_init(manifests, server, tmp_path) -> subprocess.CompletedProcess:
     script.write_text(init["data"]["10-databases.sh"].replace("/opt/kpi/sql-init", str(sql_dir)))
     env = {**os.environ, "POSTGRES_USER": "postgres", "PGHOST": "127.0.0.1", "PGPORT": str(server.port),
            "PATH": f"{server.bindir}{os.pathsep}{os.environ['PATH']}",
-           "DB_PASSWORD_0": "kpi-pw", "DB_PASSWORD_1": "airflow-pw", "DB_PASSWORD_2": "mlflow-pw"}
+           "DB_PASSWORD_0": "kpi-pw", "DB_PASSWORD_1": "airflow-pw", "DB_PASSWORD_2": "mlflow-pw",
+           "DB_READER_PASSWORD_0": "reader-pw"}
     return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
 
 
@@ -86,3 +87,26 @@ def test_the_bootstrap_job_can_reapply_the_ddl_as_the_warehouse_role(manifests, 
     job = next(o for o in manifests["local"] if o["kind"] == "Job" and o["metadata"]["name"].startswith(f"{RELEASE}-db-bootstrap"))
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["kpi", "db", "init"]
     init_db(f"postgresql://kpi@127.0.0.1:{empty_postgres.port}/kpi")
+
+
+def test_the_reader_role_can_read_the_warehouse_and_nothing_more(manifests, empty_postgres, tmp_path):
+    """JupyterLab connects as kpi_reader: SELECT on every warehouse table, now and after later DDL."""
+    import psycopg
+
+    from kpi.db import init_db
+
+    assert _run_init(manifests, empty_postgres, tmp_path).returncode == 0
+    init_db(f"postgresql://kpi@127.0.0.1:{empty_postgres.port}/kpi")  # the bootstrap Job, as the owner
+    admin = f"postgresql://postgres@127.0.0.1:{empty_postgres.port}"
+    with psycopg.connect(f"{admin}/kpi", autocommit=True) as conn:
+        conn.execute("SET ROLE kpi")
+        conn.execute("CREATE TABLE IF NOT EXISTS prod.later_table (x int)")  # DDL of a later version
+        conn.execute("SET ROLE kpi_reader")
+        assert conn.execute("SELECT count(*) FROM prod.bt_crypto_events").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM prod.later_table").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM prod.bt_crypto_events")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE prod.by_reader (x int)")
+        conn.execute("RESET ROLE")
+        conn.execute("DROP TABLE prod.later_table")

@@ -121,7 +121,9 @@ def test_helm_lint_finds_no_error_or_warning(umbrella):
 def test_the_full_render_holds_every_chart_of_the_platform(manifests, env):
     docs = manifests[env]
     sources = {_source(o) for o in docs}
-    assert {"airflow", "spark-operator", "kpi-platform", *FIRST_PARTY} <= sources, sources
+    enabled = {name for name in FIRST_PARTY if merged_values(env)[name]["enabled"]}
+    assert {"airflow", "spark-operator", "kpi-platform", *enabled} <= sources, sources
+    assert "jupyterlab" in enabled or env != "local"  # on in values-local.yaml, off by default
     kinds = {(o["kind"], o["metadata"]["name"]) for o in docs}
     for component in ("scheduler", "api-server", "dag-processor", "triggerer"):
         assert ("Deployment", f"{RELEASE}-{component}") in kinds

@@ -32,7 +32,7 @@ def test_every_program_of_the_chart_runs_except_what_needs_a_cluster(processes):
     daemons = {name for name, p in processes.items() if p.kind == "daemon"}
     assert daemons == {f"{RELEASE}-mlflow/mlflow", f"{RELEASE}-api-server/api-server", f"{RELEASE}-scheduler/scheduler",
                        f"{RELEASE}-dag-processor/dag-processor", f"{RELEASE}-triggerer/triggerer",
-                       f"{RELEASE}-dashboard/dashboard"}
+                       f"{RELEASE}-dashboard/dashboard", f"{RELEASE}-jupyterlab/jupyterlab"}
     jobs = [name for name, p in processes.items() if p.kind == "job"]
     # the chart's migrations and bootstrap Jobs run first, then each pod's init containers before its server
     assert jobs[:2] == [f"{RELEASE}-run-airflow-migrations/run-airflow-migrations", f"{RELEASE}-db-bootstrap-1/db-init"]
@@ -61,19 +61,20 @@ def test_command_lines_are_the_charts_with_addresses_and_paths_bridged(local_ren
 
 
 def test_environments_are_the_charts_plus_only_the_permitted_differences(local_render, processes):
-    from kpi.platform.local import container_env, image_env
+    from kpi.platform.local import _mounts, container_env, image_env
 
     for name, process in processes.items():
         pod, container_name = name.split("/")
         kind = "Job" if "run-airflow-migrations" in pod or "db-bootstrap" in pod else "Deployment"
+        spec = named(local_render.docs, kind, pod)["spec"]["template"]["spec"]
         container = _container(local_render, kind, pod, container_name)
-        chart = {**image_env(container["image"]), **container_env(local_render, container)}
-        added = {k for k in process.env if k not in chart} - set(__import__("os").environ) - {
-            "PATH", "SPARK_LOCAL_IP", "PYSPARK_PYTHON", "PYTHONUNBUFFERED"}
+        paths, _, _ = _mounts(local_render, spec, container, pod)
+        chart = {**{k: local_render.rewrite(v, paths) for k, v in image_env(container["image"]).items()},
+                 **container_env(local_render, container, paths)}
+        machine = set(__import__("os").environ) | {"PATH", "SPARK_LOCAL_IP", "PYSPARK_PYTHON", "PYTHONUNBUFFERED"}
+        added = {k for k in process.env if k not in chart} - machine
         assert added <= PERMITTED, (name, added - PERMITTED)
-        mounts = tuple(m["mountPath"] for m in container.get("volumeMounts", []))
-        changed = {k for k in chart if k in process.env and process.env[k] != local_render.rewrite(chart[k])
-                   and not chart[k].startswith(mounts or ("//",))}  # paths on the pod's own volumes move too
+        changed = {k for k in chart if process.env.get(k) != chart[k]}
         assert changed <= PERMITTED, (name, changed)
         if "AIRFLOW_HOME" in chart:
             assert process.env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"

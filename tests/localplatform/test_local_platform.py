@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,72 @@ def test_the_smoke_script_passes_against_the_local_platform(platform):
     assert result.returncode == 0 and summary["target"] == "local"
     assert summary["training"] >= 1 and summary["prod_bt_crypto_events_rows"] > 0
     assert all(state == "success" for state in summary["dag_runs"].values())
+
+
+def _execute_on_server(url: str, token: str, notebook: Path) -> list[dict]:
+    """Run every code cell of ``notebook`` in a kernel of the platform's JupyterLab (REST API + the kernel's
+    websocket, as the browser does); returns the outputs; fails on the first cell that raises."""
+    import uuid
+
+    import nbformat
+    import websocket
+
+    def api(method: str, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(f"{url}{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            text = answer.read().decode()
+        return json.loads(text) if text else {}
+
+    session = api("POST", "/api/sessions", {"path": notebook.name, "type": "notebook", "name": notebook.name,
+                                            "kernel": {"name": "python3"}})
+    channel = websocket.create_connection(
+        f"{url.replace('http', 'ws', 1)}/api/kernels/{session['kernel']['id']}/channels?token={token}", timeout=600)
+    outputs = []
+    try:
+        for cell in nbformat.read(notebook, as_version=4).cells:
+            if cell.cell_type != "code":
+                continue
+            msg_id = uuid.uuid4().hex
+            channel.send(json.dumps({
+                "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                           "msg_type": "execute_request", "version": "5.3"},
+                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+                "content": {"code": cell.source, "silent": False, "store_history": True, "user_expressions": {},
+                            "allow_stdin": False, "stop_on_error": True}}))
+            while True:
+                message = json.loads(channel.recv())
+                if message.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = message["msg_type"]
+                if kind == "error":
+                    pytest.fail(f"{notebook.name}: {message['content']['ename']}: {message['content']['evalue']}\n"
+                                f"in cell:\n{cell.source}")
+                if kind in ("stream", "execute_result", "display_data"):
+                    outputs.append(message["content"])
+                if kind == "status" and message["content"]["execution_state"] == "idle":
+                    break
+    finally:
+        channel.close()
+        api("DELETE", f"/api/sessions/{session['id']}")
+    return outputs
+
+
+def test_both_notebooks_run_in_the_platforms_jupyterlab(platform):
+    """Inside the server the chart configures (its environment: the settings ConfigMap, the read-only
+    warehouse role, MLflow and object storage), after the smoke test has filled the stores."""
+    up = platform["up"]
+    url, token = up["urls"]["jupyterlab"], up["jupyterlab_token"]
+    with pytest.raises(urllib.error.HTTPError):  # the token is required
+        urllib.request.urlopen(f"{url}/api/sessions", timeout=10)
+    crypto = _execute_on_server(url, token, ROOT / "notebooks" / "01-crypto-data-quality.ipynb")
+    text = json.dumps(crypto)
+    assert "kpi_reader" in text  # the warehouse it printed is the read-only role's
+    assert "published" in text or "passed" in text
+    churn = _execute_on_server(url, token, ROOT / "notebooks" / "02-churn-model.ipynb")
+    assert "champion: version" in json.dumps(churn)
+    assert sum("image/png" in out.get("data", {}) for out in crypto + churn) >= 2
 
 
 def test_platform_up_again_reports_the_running_platform(platform):

@@ -48,9 +48,10 @@ DIFFERENCES = {
               " the Airflow image's entrypoint (which waits for the database) is replaced by health checks",
 }
 # Services of the render the processes answer on; the default local port is the Service's own port
-SERVICES = ("postgres", "minio", "mlflow", "api-server", "dashboard", "triggerer")
+SERVICES = ("postgres", "minio", "mlflow", "api-server", "dashboard", "triggerer", "jupyterlab")
 # where the images put what they carry (images/*/Dockerfile), as paths of this checkout
-IMAGE_LAYOUT = {"/opt/airflow/dags": ROOT / "pipelines" / "kpi" / "dags", "/opt/kpi": ROOT}
+IMAGE_LAYOUT = {"/opt/airflow/dags": ROOT / "pipelines" / "kpi" / "dags", "/opt/kpi": ROOT,
+                "/home/kpi/notebooks": ROOT / "notebooks"}
 # the programs started, in order: (workload, containers started, kind)
 PROGRAMS = (
     ("Job", f"{RELEASE}-run-airflow-migrations", "job"),
@@ -61,6 +62,7 @@ PROGRAMS = (
     ("Deployment", f"{RELEASE}-dag-processor", "daemon"),
     ("Deployment", f"{RELEASE}-triggerer", "daemon"),
     ("Deployment", f"{RELEASE}-dashboard", "daemon"),
+    ("Deployment", f"{RELEASE}-jupyterlab", "daemon"),
 )
 # sidecars whose work needs a cluster (trimming logs of pods that come and go)
 SKIPPED_CONTAINERS = {"scheduler-log-groomer", "dag-processor-log-groomer", "triggerer-log-groomer"}
@@ -138,11 +140,12 @@ class Render:
 
     def image_paths(self) -> dict[str, Path]:
         """Container path -> local path, longest first: the images' layout and the state's mounts."""
-        paths = {**IMAGE_LAYOUT, "/opt/airflow": self.state / "airflow"}
+        paths = {**IMAGE_LAYOUT, "/opt/airflow": self.state / "airflow", "/home/kpi": self.state / "home"}
         return dict(sorted(paths.items(), key=lambda kv: -len(kv[0])))
 
-    def rewrite(self, text: str) -> str:
-        """Service addresses to loopback ports, image paths to local paths."""
+    def rewrite(self, text: str, mounts: dict[str, Path] | None = None) -> str:
+        """Service addresses to loopback ports; container paths (a pod's ``mounts``, then the images'
+        layout) to local paths, in one pass so that a local path is never mapped twice."""
         addresses = self.service_ports()
 
         def address(match: re.Match) -> str:
@@ -151,9 +154,9 @@ class Render:
 
         text = re.sub(rf"\b({RELEASE}-[a-z0-9-]+?)(\.{RELEASE}(?:\.svc(?:\.cluster\.local)?)?)?:(\d+)\b",
                       address, text)
-        for container_path, local in self.image_paths().items():
-            text = re.sub(rf"(?<![\w/.]){re.escape(container_path)}(?=/|\b|$)", str(local), text)
-        return text
+        paths = {**self.image_paths(), **(mounts or {})}
+        pattern = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
+        return re.sub(rf"(?<![\w/.])({pattern})(?=/|\b|$)", lambda m: str(paths[m.group(1)]), text)
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
@@ -162,8 +165,9 @@ def _expand(value: str, env: dict[str, str]) -> str:
                   lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
 
 
-def container_env(render_: Render, container: dict) -> dict[str, str]:
-    """The environment a container gets: envFrom, then env (secretKeyRef, configMapKeyRef, $(VAR)), rewritten."""
+def container_env(render_: Render, container: dict, mounts: dict[str, Path] | None = None) -> dict[str, str]:
+    """The environment a container gets: envFrom, then env (secretKeyRef, configMapKeyRef, $(VAR)), rewritten
+    (``mounts``: the container's mount paths -> local paths)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -179,7 +183,7 @@ def container_env(render_: Render, container: dict) -> dict[str, str]:
         elif "configMapKeyRef" in item.get("valueFrom", {}):
             ref = item["valueFrom"]["configMapKeyRef"]
             env[item["name"]] = render_.config_map(ref["name"])[ref["key"]]
-    return {k: render_.rewrite(v) for k, v in env.items()}
+    return {k: render_.rewrite(v, mounts) for k, v in env.items()}
 
 
 def _dockerfile(image: str) -> Path | None:
@@ -223,6 +227,7 @@ def _mounts(render_: Render, spec: dict, container: dict, pod: str) -> tuple[dic
     for mount in container.get("volumeMounts", []):
         volume = volumes[mount["name"]]
         target = mount["mountPath"]
+        # a mount under a path of the image lands where that path is here; any other gets its own folder
         local = Path(render_.rewrite(target)) if target.startswith(tuple(render_.image_paths())) else (
             render_.state / "volumes" / pod / mount["name"])
         if "configMap" in volume or "secret" in volume:
@@ -244,13 +249,7 @@ def _argv(render_: Render, container: dict, env: dict[str, str], paths: dict[str
     entrypoint, cmd = image_command(container["image"])
     argv = container.get("command") or entrypoint
     argv = argv + (container.get("args") if "args" in container else ([] if container.get("command") else cmd))
-    out = []
-    for arg in argv:
-        arg = _expand(render_.rewrite(arg), env)
-        for target, local in sorted(paths.items(), key=lambda kv: -len(kv[0])):
-            arg = arg.replace(target, str(local))
-        out.append(arg)
-    return out
+    return [_expand(render_.rewrite(arg, paths), env) for arg in argv]
 
 
 def _listen_here(render_: Render, workload: dict, container: dict, argv: list[str], env: dict[str, str]) -> list[str]:
@@ -281,24 +280,22 @@ def plan(render_: Render) -> list[Process]:
     worker_log_port = free_port()
     processes = []
     for kind, name, role in PROGRAMS:
-        workload = next(o for o in render_.docs if o["kind"] == kind and o["metadata"]["name"].startswith(name))
+        workload = next((o for o in render_.docs if o["kind"] == kind and o["metadata"]["name"].startswith(name)),
+                        None)
+        if workload is None:  # a component the values file leaves out (jupyterlab.enabled: false)
+            continue
         spec = workload["spec"]["template"]["spec"]
         pod = workload["metadata"]["name"]
         for container in containers(spec):
             if container["name"] in SKIPPED_CONTAINERS:
                 continue
-            image = {k: render_.rewrite(v) for k, v in image_env(container["image"]).items()}
-            env = {**base_env, **image, **container_env(render_, container)}
+            paths, files, dirs = _mounts(render_, spec, container, pod)
+            image = {k: render_.rewrite(v, paths) for k, v in image_env(container["image"]).items()}
+            env = {**base_env, **image, **container_env(render_, container, paths)}
             if "AIRFLOW_HOME" in env or "airflow" in " ".join(container.get("args", [])):
                 env.update({"AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_log_port)})
             env["KPI_SPARK_BACKEND"] = "local"
-            paths, files, dirs = _mounts(render_, spec, container, pod)
-            for key, value in env.items():  # e.g. HOME on an emptyDir
-                for target, local in sorted(paths.items(), key=lambda kv: -len(kv[0])):
-                    if value == target or value.startswith(target + "/"):
-                        env[key] = str(local) + value[len(target):]
-                        break
             argv = _listen_here(render_, workload, container, _argv(render_, container, env, paths), env)
             is_init = container in spec.get("initContainers", [])
             processes.append(Process(name=f"{pod}/{container['name']}", argv=argv, env=env,
@@ -419,7 +416,7 @@ def _ports(choice: str, state: Path) -> dict[str, int]:
         ports["minio"] = free_port()
     else:
         ports = {"postgres": 5432, "minio": 9000, "mlflow": 5000, "api-server": 8080, "dashboard": 8501,
-                 "triggerer": 8794}
+                 "triggerer": 8794, "jupyterlab": 8888}
         taken = [f"{name} :{port}" for name, port in ports.items() if _port_taken(port)]
         if taken:
             raise PlatformError(f"ports in use on 127.0.0.1: {', '.join(taken)} (stop what holds them, or run "
@@ -484,8 +481,11 @@ def health(urls: dict[str, str], warehouse_url: str) -> dict[str, bool]:
             checks["postgres"] = conn.execute("SELECT 1").fetchone() == (1,)
     except psycopg.OperationalError:
         checks["postgres"] = False
-    for name, url in (("mlflow", f"{urls['mlflow']}/health"), ("dashboard", f"{urls['dashboard']}/_stcore/health"),
-                      ("s3", f"{urls['s3']}/")):
+    endpoints = [("mlflow", f"{urls['mlflow']}/health"), ("dashboard", f"{urls['dashboard']}/_stcore/health"),
+                 ("s3", f"{urls['s3']}/")]
+    if "jupyterlab" in urls:
+        endpoints.append(("jupyterlab", f"{urls['jupyterlab']}/api"))
+    for name, url in endpoints:
         try:
             code, _ = _get(url)
             checks[name] = code in (200, 403) if name == "s3" else code == 200
@@ -549,6 +549,9 @@ def up(home: Path | None = None, ports: str = "service", timeout: float = 600.0,
                 "dashboard": f"http://127.0.0.1:{render_.ports['dashboard']}",
                 "s3": f"http://127.0.0.1:{render_.ports['minio']}",
                 "postgres": f"127.0.0.1:{render_.ports['postgres']}"}
+        if any(p.name.startswith(f"{RELEASE}-jupyterlab/") for p in processes):
+            urls["jupyterlab"] = f"http://127.0.0.1:{render_.ports['jupyterlab']}"
+            record["jupyterlab_token"] = render_.secret(f"{RELEASE}-jupyterlab")["token"]
         warehouse = render_.rewrite(render_.secret(f"{RELEASE}-warehouse")["url"])
         record.update({"urls": urls, "airflow_login": {"username": "admin", "password": ui["admin-password"]},
                        "warehouse_url": warehouse, "differences": DIFFERENCES, "release": RELEASE})
@@ -628,5 +631,6 @@ def summary_lines(result: dict) -> list[str]:
             f"MLflow     {urls['mlflow']}",
             f"Dashboard  {urls['dashboard']}",
             f"S3         {urls['s3']}  (SeaweedFS; keys in Secret kpi-s3-credentials: {result['state_dir']}/secrets.json)",
+            *([f"JupyterLab {urls['jupyterlab']}/lab?token={result['jupyterlab_token']}"] if "jupyterlab" in urls else []),
             f"Postgres   {urls['postgres']}",
             f"Logs       {result['state_dir']}/logs    stop with: task platform-down"]
