@@ -53,6 +53,9 @@ def platform():
     started = time.monotonic()
     up = _kpi("platform", "up", "--ports", "auto", env=env, timeout=1500)
     up_seconds = round(time.monotonic() - started, 1)
+    if not up["ok"]:  # up stops what it started; say why, with the tail of the logs it names
+        shutil.rmtree(home, ignore_errors=True)
+        pytest.fail(f"kpi platform up failed after {up_seconds} s: {up.get('error')}\n{up['_stderr'][-3000:]}")
     try:
         yield {"env": env, "up": up, "up_seconds": up_seconds, "home": home}
     finally:
@@ -69,7 +72,7 @@ def test_platform_up_starts_every_component_healthy(platform):
     assert up["ok"] and up["_rc"] == 0, up["_stderr"][-3000:]
     assert up["health"] and all(up["health"].values()), up["health"]
     assert set(up["health"]) == {"postgres", "s3", "mlflow", "dashboard", "airflow api-server", "airflow scheduler",
-                                 "airflow dag-processor", "airflow triggerer"}
+                                 "airflow dag-processor", "airflow triggerer", "jupyterlab"}
     assert set(up["differences"]) == {"executor", "spark", "object storage", "postgres", "addresses", "images"}
     # the login printed is the chart's generated one and the API accepts it
     assert f"admin / {up['airflow_login']['password']}" in up["_stderr"]

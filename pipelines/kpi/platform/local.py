@@ -45,7 +45,8 @@ DIFFERENCES = {
                  " log servers (scheduler, triggerer), which Airflow binds to every interface; they serve logs"
                  " only to requests signed with the release's JWT secret",
     "images": "programs run from the project's venv and checkout instead of the images built from them;"
-              " the Airflow image's entrypoint (which waits for the database) is replaced by health checks",
+              " the Airflow image's entrypoint (which waits for the database) is replaced by health checks;"
+              " as root, JupyterLab gets --allow-root (the image runs it as uid 10001)",
 }
 # Services of the render the processes answer on; the default local port is the Service's own port
 SERVICES = ("postgres", "minio", "mlflow", "api-server", "dashboard", "triggerer", "jupyterlab")
@@ -264,6 +265,8 @@ def _listen_here(render_: Render, workload: dict, container: dict, argv: list[st
             for port in ports:
                 arg = re.sub(rf"^(--[\w.-]+=)?{port}$", rf"\g<1>{local}", arg)
         out.append(arg)
+    if service == "jupyterlab" and container["name"] == "jupyterlab" and os.geteuid() == 0:
+        out.append("--allow-root")  # the image runs it as uid 10001; here the machine's user is root
     if service == "api-server":
         env.update({"AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(local)})
     if service == "triggerer":
@@ -426,6 +429,11 @@ def _ports(choice: str, state: Path) -> dict[str, int]:
 
 
 def _alive(pid: int) -> bool:
+    try:  # our own child that exited is a zombie until reaped: reap it
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -527,6 +535,7 @@ def up(home: Path | None = None, ports: str = "service", timeout: float = 600.0,
     render_ = _load_render(state, env_name, _ports(ports, state))
     logs = state / "logs"
     pids: dict[str, int] = {}
+    children: dict[str, subprocess.Popen] = {}  # polled: a dead child stays a zombie until reaped
     record = {"pids": pids, "state_dir": str(state)}
     try:
         pg = start_postgres(render_)
@@ -542,7 +551,8 @@ def up(home: Path | None = None, ports: str = "service", timeout: float = 600.0,
                     tail = (logs / f"{process.name.replace('/', '__')}.log").read_text()[-2000:]
                     raise PlatformError(f"{process.name} exited with {proc.returncode}: {tail}")
             else:
-                pids[process.name] = _start(process, logs).pid
+                children[process.name] = _start(process, logs)
+                pids[process.name] = children[process.name].pid
         ui = render_.secret(f"{RELEASE}-airflow-ui")
         urls = {"airflow": f"http://127.0.0.1:{render_.ports['api-server']}",
                 "mlflow": f"http://127.0.0.1:{render_.ports['mlflow']}",
@@ -560,7 +570,8 @@ def up(home: Path | None = None, ports: str = "service", timeout: float = 600.0,
         deadline = time.monotonic() + timeout
         while True:
             checks = health(urls, warehouse)
-            dead = [name for name, pid in pids.items() if not _alive(pid)]
+            dead = [name for name, child in children.items() if child.poll() is not None]
+            dead += [name for name in ("postgres", "s3") if not _alive(pids[name])]
             if dead:
                 raise PlatformError(f"exited during start: {dead} (logs in {logs})")
             if all(checks.values()):
