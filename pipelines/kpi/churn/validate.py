@@ -387,20 +387,30 @@ def _typed(text, kind: str):
     if kind == "string":
         return text, None
     present = pc.is_valid(text)
-    shaped = pc.and_(present, pc.match_substring_regex(text, TYPE_PATTERNS[kind]))
-    kept = pc.if_else(shaped, text, pa.scalar(None, pa.string()))
     if kind == "date":
-        stamp = pc.strptime(kept, format="%Y-%m-%d", unit="s", error_is_null=True)
-        # strptime rolls 2024-02-30 over to 2024-03-01: a date is real only if it prints back the same
-        real = pc.equal(pc.strftime(stamp, format="%Y-%m-%d"), kept)
-        real = pc.fill_null(real, False)
-        typed = pc.if_else(real, pc.cast(stamp, pa.date32()), pa.scalar(None, pa.date32()))
-        ok = real
+        # a file holds few distinct dates: check each distinct value once, then map back to the rows
+        encoded = pc.dictionary_encode(text)
+        typed_values, ok_values = _parse_dates(encoded.dictionary)
+        typed = pc.take(typed_values, encoded.indices)
+        ok = pc.take(ok_values, encoded.indices)
     else:
-        typed = pc.cast(kept, _arrow_type(kind))
-        ok = shaped
+        ok = pc.and_(present, pc.match_substring_regex(text, TYPE_PATTERNS[kind]))
+        typed = pc.cast(pc.if_else(ok, text, pa.scalar(None, pa.string())), _arrow_type(kind))
     malformed = pc.and_(present, pc.invert(pc.fill_null(ok, False)))
     return typed, malformed
+
+
+def _parse_dates(values):
+    """``(date32, ok)`` of distinct date strings: ok only for a real calendar date written YYYY-MM-DD."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    shaped = pc.fill_null(pc.match_substring_regex(values, TYPE_PATTERNS["date"]), False)
+    stamp = pc.strptime(pc.if_else(shaped, values, pa.scalar(None, pa.string())), format="%Y-%m-%d", unit="s",
+                        error_is_null=True)
+    # strptime rolls 2024-02-30 over to 2024-03-01: a date is real only if it prints back the same
+    real = pc.fill_null(pc.equal(pc.strftime(stamp, format="%Y-%m-%d"), values), False)
+    return pc.if_else(real, pc.cast(stamp, pa.date32()), pa.scalar(None, pa.date32())), real
 
 
 def _np(mask):
