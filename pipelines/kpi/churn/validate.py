@@ -127,7 +127,7 @@ TYPE_RULE = {"id": "not_an_id", "int": "not_an_integer", "float": "not_a_number"
 BAD_ROW_COLUMNS = ["file", "line", "key", "column", "rule", "value", "action"]
 
 
-class SourceValidationError(Exception):
+class SourceValidationError(ValueError):
     """The churn sources cannot be used; the message lists every reason (file, column, rule, counts).
 
     Attributes:
