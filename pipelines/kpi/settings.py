@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         0.3, ge=0.0, le=1.0, description="Share of drifted features that triggers retraining."
     )
     churn_data_url: str | None = Field(None, description="Where the five churn source CSVs live.")
+    churn_max_bad_row_share: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="Largest share of a churn source file's rows that may break a validation rule (they are"
+                    " quarantined) before training, scoring and drift refuse the sources.",
+    )
     # --- churn operations (drift, watchdog, Spark submission) ----------------------------------------------
     churn_drift_engine: Literal["auto", "pandas", "spark"] = Field(
         "auto", description="How drift builds current features: auto (pandas for small sources), pandas, spark."
