@@ -125,6 +125,14 @@ class Settings(BaseSettings):
     dashboard_connect_timeout_seconds: float = Field(
         3.0, gt=0, description="Time the dashboard waits for a store before saying it is unreachable."
     )
+    dashboard_max_upload_mb: int = Field(
+        50, ge=1, le=1024,
+        description="Largest CSV the batch page accepts, per file, in MB: checked by the page and passed to"
+                    " Streamlit as server.maxUploadSize (the dashboard chart sets both from one value).",
+    )
+    dashboard_max_upload_rows: int = Field(
+        1_000_000, ge=1, description="Most data rows the batch page reads from one uploaded file."
+    )
 
     @field_validator("crypto_allowed_sites", "crypto_allowed_cryptos", mode="before")
     @classmethod

@@ -19,11 +19,15 @@ from pathlib import Path
 APP = Path(__file__).resolve().parents[3] / "dashboard" / "app.py"
 
 
-def streamlit_command(app: Path, address: str, port: int) -> list[str]:
-    """The ``streamlit run`` command line for ``app`` on ``address:port`` (headless, no telemetry)."""
+def streamlit_command(app: Path, address: str, port: int, max_upload_mb: int = 50) -> list[str]:
+    """The ``streamlit run`` command line for ``app`` on ``address:port`` (headless, no telemetry).
+
+    ``max_upload_mb`` becomes ``server.maxUploadSize``: the server refuses a bigger upload while it streams
+    in, before the page sees it (Streamlit's default is 200 MB).
+    """
     return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", address,
             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "minimal"]
+            "--client.toolbarMode", "minimal", "--server.maxUploadSize", str(max_upload_mb)]
 
 
 def store_environment(settings) -> dict[str, str]:
@@ -46,7 +50,7 @@ def serve(address: str = "127.0.0.1", port: int = 8501) -> int:
                   "(the pages say so too)", file=sys.stderr)
         print(f"dashboard: http://{address}:{port}  (stores under {settings.home_dir}; Ctrl-C stops it "
               "and the embedded Postgres)", file=sys.stderr, flush=True)
-        proc = subprocess.Popen(streamlit_command(APP, address, port), env=env)
+        proc = subprocess.Popen(streamlit_command(APP, address, port, settings.dashboard_max_upload_mb), env=env)
         try:
             return proc.wait()
         except KeyboardInterrupt:
