@@ -19,7 +19,7 @@ from kpi.dashboard.scoring import (
     score_upload,
 )
 
-from .conftest import page_text
+from .conftest import page_text, stop_process
 
 SOURCES = ("PAYMENTS.csv", "ACTIVE_USER.csv", "DEMOGRAFICOS.csv", "DINERO_CUENTA.csv", "MARKETPLACE_DATA.csv")
 
@@ -108,11 +108,7 @@ def test_the_server_refuses_an_upload_over_the_cap_it_was_started_with(tmp_path)
         assert refused.status_code == 413 and "too large" in refused.text
         ws.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 # --- the batch page with the session's real champion ------------------------------------------------------

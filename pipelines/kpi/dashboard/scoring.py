@@ -201,7 +201,7 @@ class UploadLimits:
 
     max_mb: int = 50
     max_rows: int = 1_000_000
-    chunk_rows: int = 50_000  # rows parsed and scored at a time: bounds memory, not the result
+    chunk_rows: int = 20_000  # rows parsed and scored at a time: bounds memory, not the result
 
     @property
     def max_bytes(self) -> int:
@@ -341,34 +341,36 @@ def split_feature_rows(fields: list[FormField], frame: pd.DataFrame, first_row: 
         raise InvalidInput(["the CSV lacks column(s) " + ", ".join(missing)
                             + "; expected the feature shape (" + ", ".join([ID] + [f.name for f in fields])
                             + ") or the five source files"])
-    good_rows: list[dict[str, Any]] = []
-    good_ids: list[Any] = []
-    rejected = []
-    for i, rec in enumerate(frame.to_dict("records"), start=first_row):
-        reasons = []
-        uid = rec.get(ID)
+    # column by column (no dict per row): the same checks as before at a fraction of the memory
+    n = len(frame)
+    ids = frame[ID].to_numpy(dtype=object)
+    reasons: dict[int, list[str]] = {}
+    for i, uid in enumerate(ids):
         if uid is None or (isinstance(uid, float) and math.isnan(uid)) or str(uid).strip() == "":
-            reasons.append(f"{ID}: missing")
-        row = {}
-        for spec in fields:
-            value = rec.get(spec.name)
-            if spec.kind == "category":
-                parsed, problem = (None if _nan(value) or value is None else str(value).strip() or None), None
-            else:
-                if value is None or _nan(value) or (isinstance(value, str) and not value.strip()):
-                    parsed, problem = None, None
-                else:
-                    parsed, problem = check_value(FormField(spec.name, spec.kind), value)
+            reasons.setdefault(i, []).append(f"{ID}: missing")
+    data: dict[str, np.ndarray] = {}
+    for spec in fields:
+        column = frame[spec.name].to_numpy(dtype=object)
+        if spec.kind == "category":
+            data[spec.name] = np.array([None if v is None or _nan(v) else str(v).strip() or None for v in column],
+                                       dtype=object)
+            continue
+        bare = FormField(spec.name, spec.kind)  # type checks only: a batch keeps out-of-range values
+        values = np.full(n, np.nan)
+        for i, value in enumerate(column):
+            if value is None or _nan(value) or (isinstance(value, str) and not value.strip()):
+                continue  # blank: the model imputes it
+            parsed, problem = check_value(bare, value)
             if problem:
-                reasons.append(problem)
-            row[spec.name] = parsed
-        if reasons:
-            rejected.append({"row": i, ID: uid, "reason": "; ".join(reasons)})
-        else:
-            good_rows.append(row)
-            good_ids.append(uid)
-    valid = _typed_frame(fields, good_rows)
-    valid.insert(0, ID, good_ids)
+                reasons.setdefault(i, []).append(problem)
+            else:
+                values[i] = parsed
+        data[spec.name] = values
+    good = np.ones(n, dtype=bool)
+    good[list(reasons)] = False
+    valid = pd.DataFrame({name: values[good] for name, values in data.items()}, columns=[f.name for f in fields])
+    valid.insert(0, ID, ids[good].tolist())
+    rejected = [{"row": first_row + i, ID: ids[i], "reason": "; ".join(r)} for i, r in sorted(reasons.items())]
     return valid, pd.DataFrame(rejected, columns=["row", ID, "reason"])
 
 
