@@ -206,7 +206,7 @@ def template_values(settings: Settings, data_url: str, as_of: dt.date | str, *, 
         "PYSPARK_PYTHON": "python3",
     }
     if settings.mlflow_tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+        env["MLFLOW_TRACKING_URI"] = settings.resolved_mlflow_uri
     if settings.s3_endpoint_url:
         env["KPI_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
         env["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
@@ -305,7 +305,9 @@ def _job_environment(settings: Settings) -> dict[str, str]:
     })
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     if settings.database_url:
-        env["KPI_DATABASE_URL"] = settings.database_url
+        from kpi.db import database_url
+
+        env["KPI_DATABASE_URL"] = database_url(settings)
     if settings.s3_endpoint_url:
         env["KPI_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     return env
