@@ -57,7 +57,8 @@ def test_command_lines_are_the_charts_with_addresses_and_paths_bridged(local_ren
     entrypoint, _ = image_command(dashboard["image"])
     ours = processes[f"{RELEASE}-dashboard/dashboard"].argv
     assert ours[:2] == entrypoint[:2] and ours[2].endswith("/dashboard/app.py")
-    assert ours[3:] == ["--server.address=127.0.0.1", f"--server.port={local_render.ports['dashboard']}"]
+    assert ours[3:5] == ["--server.address=127.0.0.1", f"--server.port={local_render.ports['dashboard']}"]
+    assert ours[5:] == dashboard["args"][2:]  # the rest as the chart gives it (the upload cap)
 
 
 def test_environments_are_the_charts_plus_only_the_permitted_differences(local_render, processes):
