@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from kpi.platform.chart import RELEASE, named
 
 # environment variables the local platform adds or changes, and nothing else
