@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-import psycopg
 import pytest
+from kpi.db import connect
 
 from tests.conftest import reference_file
 from tests.crypto.conftest import query, write_extract
@@ -85,7 +85,7 @@ def test_ingest_streams_from_object_storage(crypto_env, s3_server, monkeypatch):
     write_bytes(url, seed.read_bytes(), settings)
     result = ingest_file(url, settings=settings)
     assert result["rows"] == 12 and result["extract_date"] == dt.date(2023, 2, 1)
-    with psycopg.connect(settings.database_url) as conn:
+    with connect(settings.database_url) as conn:
         assert conn.execute("SELECT count(*), min(b.source) FROM raw.bt_crypto_transaction_history"
                             " JOIN raw.crypto_ingest_batches b USING (batch_id)").fetchone() == (12, url)
 
@@ -114,7 +114,7 @@ def test_two_ingests_of_the_same_bytes_at_once_keep_one_copy(crypto_env, tmp_pat
     path = write_extract(tmp_path, dt.date(2026, 1, 5), [f"CHILE,{u},5/1/2026,BTC,1,1" for u in range(1, 501)])
     # hold both ingests until both have passed their "was this content ingested?" check (a lock that stops
     # every insert of a batch), then let them race
-    blocker = psycopg.connect(crypto_env.database_url)
+    blocker = connect(crypto_env.database_url)
     blocker.execute("LOCK TABLE raw.crypto_ingest_batches IN SHARE MODE")
     results: list = []
 

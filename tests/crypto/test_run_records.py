@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-import psycopg
 import pytest
+from kpi.db import connect
 
 from tests.crypto.conftest import dmy, prod_snapshot, query, write_extract
 
@@ -19,8 +19,8 @@ def _ingest(settings, tmp_path, price: int = 1, users: int = 30, day: dt.date = 
     ingest_file(str(write_extract(tmp_path / f"{price}-{day}", day, rows)), settings=settings)
 
 
-def _record(url: str, run_id: str) -> dict:
-    with psycopg.connect(url) as conn:
+def _record(url, run_id: str) -> dict:
+    with connect(url) as conn:
         cur = conn.execute("SELECT * FROM dqm.dq_runs WHERE run_id = %s", (run_id,))
         row = cur.fetchone()
         return dict(zip([c.name for c in cur.description], row, strict=True)) if row else {}
@@ -70,7 +70,7 @@ def test_an_abandoned_step_by_step_run_is_reaped_and_its_staging_rows_freed(cryp
     stage_window(D, "abandoned", crypto_env)
     stage_window(D, "in-flight", crypto_env)
     # the abandoned run's last step was two hours ago (its task pod was lost); the other one is still going
-    with psycopg.connect(crypto_env.database_url) as conn:
+    with connect(crypto_env.database_url) as conn:
         conn.execute("UPDATE dqm.dq_runs SET last_step_at = now() - interval '2 hours' WHERE run_id = 'abandoned'")
     staged = "SELECT run_id, count(*) FROM staging.bt_crypto_events_candidate GROUP BY 1 ORDER BY 1"
     assert query(crypto_env.database_url, staged) == [("abandoned", 31), ("in-flight", 31)]
@@ -99,7 +99,7 @@ def test_a_task_that_died_without_its_step_noticing_is_recorded_by_the_callback(
     record = _record(crypto_env.database_url, "killed-task")
     assert record["status"] == "failed" and record["error"].startswith("validate: RuntimeError: the task failed")
     # a step that recorded its own failure keeps its error
-    with psycopg.connect(crypto_env.database_url) as conn:
+    with connect(crypto_env.database_url) as conn:
         conn.execute("UPDATE dqm.dq_runs SET error = 'publish: the real reason' WHERE run_id = 'killed-task'")
     record_task_failure({"run_id": "killed-task", "ti": TaskInstance(), "exception": RuntimeError("later")})
     assert _record(crypto_env.database_url, "killed-task")["error"] == "publish: the real reason"
@@ -111,7 +111,7 @@ def test_the_stage_checks_its_rows_against_what_the_ingest_counted(crypto_env, t
 
     _ingest(crypto_env, tmp_path)
     # a raw row goes missing after the ingest counted it (counting raw again, as before, could not notice)
-    with psycopg.connect(crypto_env.database_url) as conn:
+    with connect(crypto_env.database_url) as conn:
         conn.execute("DELETE FROM raw.bt_crypto_transaction_history WHERE line_no = 5")
     with pytest.raises(ConservationError, match=r"'2026-07-01': \(31, 30\)"):
         stage_window(D, "lost-row", crypto_env)

@@ -12,6 +12,7 @@ import datetime as dt
 
 import psycopg
 import pytest
+from kpi.db import connect
 
 from kpi.crypto import rules
 
@@ -168,7 +169,7 @@ def test_a_duplicated_key_in_the_staged_rows_fails_the_structural_check(crypto_e
     _one_day(crypto_env, tmp_path, 100)
     stage_window(DAY, "dup-key", crypto_env)
     # a stage bug that let two current rows share a key: GE's unique-keys check (count only) must see it
-    with psycopg.connect(crypto_env.database_url) as conn:
+    with connect(crypto_env.database_url) as conn:
         conn.execute("INSERT INTO staging.bt_crypto_events_candidate SELECT * FROM staging.bt_crypto_events_candidate"
                      " WHERE run_id = 'dup-key' AND status = 'valid' LIMIT 2")
     with pytest.raises(ValidationFailed, match=r"structural expectations failed .*'unique_keys': 2"):

@@ -212,18 +212,23 @@ def train_model(
     seed = settings.churn_seed
     spark = spark or spark_session(settings)
     label, id_col = LABEL, ID
+    source_data = None
     if numeric_features is None or categorical_features is None or training_set is None:
         from kpi.churn import features
 
-        numeric_features = numeric_features or list(features.NUMERIC_FEATURES)
-        categorical_features = categorical_features or list(features.CATEGORICAL_FEATURES)
+        # (issue 11) validated sources; only the features the time policy makes available (features.py)
         if training_set is None:
-            training_set = features.training_set_spark(spark, data_url, as_of)
+            source_data = features.training_data_spark(spark, data_url, as_of, settings)
+            training_set = source_data.frame
+        available = source_data.features if source_data else features.FeatureSet(
+            tuple(features.NUMERIC_FEATURES), tuple(features.CATEGORICAL_FEATURES))
+        numeric_features = numeric_features or list(available.numeric)
+        categorical_features = categorical_features or list(available.categorical)
     numeric, categorical = list(numeric_features), list(categorical_features)
     if data_version is None:
         from kpi.churn import sources
 
-        data_version = sources.data_version(data_url)
+        data_version = source_data.data_version if source_data else sources.data_version(data_url)
 
     frame = as_model_input(training_set, numeric, categorical).withColumn(label, F.col(label).cast("double"))
     frame = frame.select(id_col, *numeric, *categorical, label).cache()
@@ -237,12 +242,13 @@ def train_model(
     with mlflow_utils.using_store(settings):
         return _search_fit_register(
             settings, data_url, as_of, trials, seed, spark, frame, train, validation, holdout, numeric, categorical,
-            data_version, n_rows, started, features_built,
+            data_version, n_rows, started, features_built, source_data=source_data,
         )
 
 
 def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, train, validation, holdout,
-                         numeric, categorical, data_version, n_rows, started, features_built) -> dict[str, Any]:
+                         numeric, categorical, data_version, n_rows, started, features_built,
+                         source_data=None) -> dict[str, Any]:
     """The MLflow part of :func:`train_model` (runs with MLflow pointed at the settings' store)."""
     import mlflow
     import numpy as np
@@ -266,6 +272,8 @@ def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, 
         "data_url": data_url,
         "label_cutoff": (as_of - dt.timedelta(days=horizon)).isoformat(),
     }
+    if source_data is not None:  # (issue 11) which features the model uses and why the others were dropped
+        common_tags.update(source_data.features.tags())
 
     from pyspark.ml import Pipeline
 
@@ -278,6 +286,10 @@ def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"churn-train-{as_of.isoformat()}") as parent:
         mlflow.set_tags({**common_tags, "kind": "training"})
         mlflow.log_input(dataset, context="training")
+        if source_data is not None and source_data.validation is not None:  # (issue 11) bad rows per rule
+            from kpi.churn.validate import log_to_active_run
+
+            log_to_active_run(source_data.validation, settings)
         mlflow.log_params(
             {"trials": trials, "seed": seed, "rows": n_rows, "numeric_features": ",".join(numeric),
              "categorical_features": ",".join(categorical), "search": "hyperopt-tpe"}
