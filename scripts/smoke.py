@@ -1,9 +1,11 @@
 """Smoke test of the platform (task smoke): drive it through the Airflow 3 REST API (v2).
 
-Seeds the churn sources and the crypto extracts, triggers crypto_events and the churn DAGs, waits for them,
-then asserts what the platform promises: rows in prod.bt_crypto_events, the training step (a completed
-SparkApplication on the cluster), a `champion` alias in MLflow, a drift report in object storage and the
-dashboard answering. Prints one JSON summary line; exits 1 when a check failed.
+Seeds the churn sources, drops the crypto extracts into the landing prefix
+(``<KPI_STORAGE_URL>/landing/crypto/``, as the upstream system would), triggers crypto_events (whose first
+task ingests them) and the churn DAGs, waits for them, then asserts what the platform promises: the landed
+files ingested, rows in prod.bt_crypto_events, the training step (a completed SparkApplication on the
+cluster), a `champion` alias in MLflow, a drift report in object storage and the dashboard answering.
+Prints one JSON summary line; exits 1 when a check failed.
 
 Two targets, the same checks:
 - ``--target kind`` (default): the project's kind cluster (KUBECONFIG=.kpi/kubeconfig, set by the Taskfile),
@@ -26,10 +28,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 DAGS = ("crypto_events", "churn_data_watchdog", "churn_training", "churn_drift_monitor")
-# crypto_events starts on 2026-01-01 with catch-up: the smoke run takes that first day
+# the platform's KPI_STORAGE_URL: global.platform.storageUrl of the chart, s3://kpi/platform (values-local.yaml
+# keeps it, and the local platform renders the same values)
+STORAGE_BUCKET, STORAGE_PREFIX = "kpi", "platform"
+CRYPTO_LANDING = f"{STORAGE_PREFIX}/landing/crypto/"
+# crypto_events processes KPI_CRYPTO_START_DATE (2026-01-01) first, with catch-up: the smoke run is that first
+# scheduled run (logical date D, data interval [D, D+1): it fires at 00:00 UTC of D+1 and processes D)
 CRYPTO_DAY = date(2026, 1, 1)
 # churn sources are simulated up to today: the watchdog's scheduled runs (every 15 min, unpaused by the smoke
 # test) train with as_of = the run's date, so the data must reach it
@@ -50,14 +57,6 @@ class KindTarget:
 
     def service(self, service: str, port: int):
         return port_forward(self.namespace, f"svc/{self.release}-{service}", port)
-
-    @contextmanager
-    def warehouse_url(self):
-        from urllib.parse import urlsplit, urlunsplit
-
-        url = urlsplit(self.secret(f"{self.release}-warehouse", "url"))
-        with self.service("postgres", 5432):
-            yield urlunsplit(url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:5432"))
 
     def prod_rows(self) -> int:
         count = kubectl(self.namespace, "exec", f"{self.release}-postgres-0", "--", "sh", "-c",
@@ -93,10 +92,6 @@ class LocalTarget:
     @contextmanager
     def service(self, service: str, port: int):
         yield self.urls[service]
-
-    @contextmanager
-    def warehouse_url(self):
-        yield self.state["warehouse_url"]
 
     def prod_rows(self) -> int:
         import psycopg
@@ -193,14 +188,39 @@ def seed_churn_sources(target, users: int, as_of: date) -> str:
     return f"s3://kpi/{prefix}"
 
 
-def seed_crypto_raw(target, day: date) -> dict:
-    """Simulate five days of crypto extracts ending on ``day`` and ingest them into the platform's warehouse."""
-    from datetime import timedelta
+def land_crypto_extracts(target, day: date) -> dict:
+    """Simulate five days of crypto extracts ending on ``day`` (``kpi crypto simulate``) and drop them into the
+    platform's landing prefix, named ``BT_CRYPTO_TRANSACTION_HISTORY_<extract date>.csv`` as upstream names
+    them; the crypto_events run ingests them itself."""
+    from pathlib import Path
 
-    with tempfile.TemporaryDirectory() as folder, target.warehouse_url() as url:
+    with tempfile.TemporaryDirectory() as folder, target.service("minio", 9000) as s3:
         kpi_cli("crypto", "simulate", "--start", (day - timedelta(days=4)).isoformat(), "--end", day.isoformat(),
                 "--out", folder, "--rows-per-day", "200")
-        return kpi_cli("crypto", "ingest", folder, env={"KPI_DATABASE_URL": url})
+        client = s3_client(target, s3)
+        names = []
+        for path in sorted(Path(folder).glob("*.csv")):
+            client.upload_file(str(path), STORAGE_BUCKET, CRYPTO_LANDING + path.name)
+            names.append(path.name)
+    if not names:
+        raise RuntimeError(f"kpi crypto simulate wrote no extract for {day}")
+    return {"landing": f"s3://{STORAGE_BUCKET}/{CRYPTO_LANDING}", "files": names}
+
+
+def landed_files_ingested(target, names: list[str]) -> dict:
+    """Where the landed files are now: still waiting directly under the landing prefix, moved to
+    ``processed/`` (ingested, or skipped as content already ingested) or to ``rejected/``."""
+    with target.service("minio", 9000) as s3:
+        client = s3_client(target, s3)
+        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=STORAGE_BUCKET, Prefix=CRYPTO_LANDING) for o in page.get("Contents", [])]
+    where = {"waiting": [], "processed": [], "rejected": []}
+    for key in keys:
+        rest = key[len(CRYPTO_LANDING):]
+        name = rest.rsplit("/", 1)[-1]
+        if name in names:
+            where["waiting" if "/" not in rest else rest.split("/", 1)[0]].append(name)
+    return {k: sorted(set(v)) for k, v in where.items()}
 
 
 def wait_for(api: str, token: str, dag_id: str, run_id: str, timeout_s: int) -> str:
@@ -213,10 +233,15 @@ def wait_for(api: str, token: str, dag_id: str, run_id: str, timeout_s: int) -> 
         time.sleep(10)
 
 
-def trigger(api: str, token: str, dag_id: str, conf: dict, logical_date: str | None = None) -> str:
-    """Create a DAG run (API v2); returns its run id. When a run of that logical date exists (an earlier smoke
-    test on the same platform), clear it so that it runs again: the pipelines are idempotent."""
+def trigger(api: str, token: str, dag_id: str, conf: dict, logical_date: str | None = None,
+            data_interval: tuple[str, str] | None = None) -> str:
+    """Create a DAG run (API v2); returns its run id. ``data_interval`` (start, end) overrides the interval the
+    timetable would infer from ``logical_date``. When a run of that logical date exists (an earlier smoke
+    test on the same platform, or the scheduler's own run of that date), clear it so that it runs again: the
+    pipelines are idempotent."""
     body = {"logical_date": logical_date, "conf": conf, "note": "task smoke"}
+    if data_interval:
+        body["data_interval_start"], body["data_interval_end"] = data_interval
     try:
         return http("POST", f"{api}/api/v2/dags/{dag_id}/dagRuns", body, token)["dag_run_id"]
     except RuntimeError as error:
@@ -261,9 +286,12 @@ def run_dags(api: str, token: str, crypto_day: date, data_url: str, as_of: date,
     runs: dict[str, str] = {}
     for dag_id in DAGS:  # fail fast, naming the DAG, when the image lacks one
         http("GET", f"{api}/api/v2/dags/{dag_id}", token=token)
-    # crypto_events catches up from its start date: our run takes that first interval, the DAG is paused
-    # again right after so the catch-up does not compete with the churn runs on a small cluster
-    run_id = trigger(api, token, "crypto_events", {}, f"{crypto_day.isoformat()}T00:00:00Z")
+    # crypto_events catches up from its start date: our run is exactly the scheduler's first one (logical date
+    # D, data interval [D, D+1), so the scheduler does not make a second run of D), its first task ingests what
+    # landed and the rest process the window ending on D; the DAG is paused again right after so the catch-up
+    # does not compete with the churn runs on a small cluster
+    start, end = (f"{d.isoformat()}T00:00:00Z" for d in (crypto_day, crypto_day + timedelta(days=1)))
+    run_id = trigger(api, token, "crypto_events", {}, start, (start, end))
     set_paused(api, token, "crypto_events", False)
     runs["crypto_events"] = run_id
     states["crypto_events"] = wait_for(api, token, "crypto_events", run_id, timeout_s)
@@ -307,12 +335,13 @@ def main() -> int:
         for dag_id in DAGS:
             set_paused(api, token, dag_id, True)
     checks["churn_sources"] = seed_churn_sources(target, args.users, CHURN_AS_OF)
-    checks["crypto_ingest"] = seed_crypto_raw(target, CRYPTO_DAY)
+    checks["crypto_landed"] = land_crypto_extracts(target, CRYPTO_DAY)
     with target.service("api-server", 8080) as api:
         token = login(target, api)
         checks["dag_runs"], runs = run_dags(api, token, CRYPTO_DAY, checks["churn_sources"], CHURN_AS_OF, args.timeout)
         checks["training"] = target.training_ran(api, token, runs["churn_training"])
 
+    checks["crypto_landing_after_run"] = landed_files_ingested(target, checks["crypto_landed"]["files"])
     checks["prod_bt_crypto_events_rows"] = target.prod_rows()
 
     with target.service("mlflow", 5000) as mlflow:
@@ -323,7 +352,8 @@ def main() -> int:
         checks["champion_version"] = alias.get("model_version", {}).get("version")
 
     with target.service("minio", 9000) as s3:
-        listing = s3_client(target, s3).list_objects_v2(Bucket="kpi", Prefix="platform/drift-reports/")
+        listing = s3_client(target, s3).list_objects_v2(Bucket=STORAGE_BUCKET,
+                                                        Prefix=f"{STORAGE_PREFIX}/drift-reports/")
         checks["drift_reports"] = [o["Key"] for o in listing.get("Contents", [])]
 
     with target.service("dashboard", 8501) as dashboard:
@@ -331,6 +361,9 @@ def main() -> int:
 
     failures = [name for name, ok in (
         ("dag runs succeeded", all(s == "success" for s in checks["dag_runs"].values())),
+        ("the landed crypto files were ingested from the landing prefix",
+         not checks["crypto_landing_after_run"]["waiting"]
+         and checks["crypto_landing_after_run"]["processed"] == checks["crypto_landed"]["files"]),
         ("rows in prod.bt_crypto_events", checks["prod_bt_crypto_events_rows"] > 0),
         (target.training_check, checks["training"] > 0),
         ("a champion alias in MLflow", bool(checks["champion_version"])),

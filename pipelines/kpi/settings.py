@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     # --- crypto --------------------------------------------------------------------------------------
     crypto_start_date: dt.date = Field(
         dt.date(2026, 1, 1),
-        description="First logical date of the crypto_events DAG, which catches up from there (set it to the day"
-                    " your extracts begin before unpausing the DAG on a cluster).",
+        description="First day the crypto_events DAG processes (its first run's logical date; that run fires at"
+                    " 00:00 UTC the day after), which catches up from there (set it to the day your extracts"
+                    " begin before unpausing the DAG on a cluster).",
     )
     crypto_window_days: int = Field(5, ge=1, le=60, description="Days in the rolling window [D-(n-1), D].")
     crypto_reject_threshold: float = Field(

@@ -76,6 +76,26 @@ def test_smoke_script_checks_the_five_promises():
     assert result.returncode == 0 and "--namespace" in result.stdout
 
 
+def test_smoke_drops_crypto_extracts_into_the_landing_prefix_the_platform_reads():
+    """The smoke script lands its crypto files under <KPI_STORAGE_URL>/landing/crypto/ of the values it deploys
+    (kind and the local platform both use values-local.yaml over the chart's defaults) and triggers the
+    scheduler's own run of its day (logical date D, data interval [D, D+1))."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("smoke", ROOT / "scripts" / "smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    defaults = yaml.safe_load((ROOT / "charts" / "kpi-platform" / "values.yaml").read_text())["global"]["platform"]
+    local = (yaml.safe_load((ROOT / "values-local.yaml").read_text()).get("global") or {}).get("platform") or {}
+    storage_url = local.get("storageUrl", defaults["storageUrl"])
+    assert storage_url == f"s3://{smoke.STORAGE_BUCKET}/{smoke.STORAGE_PREFIX}"
+    assert f"s3://{smoke.STORAGE_BUCKET}/{smoke.CRYPTO_LANDING}" == f"{storage_url}/landing/crypto/"
+    start_date = local.get("cryptoStartDate", defaults["cryptoStartDate"])
+    assert smoke.CRYPTO_DAY.isoformat() == str(start_date)
+    source = (ROOT / "scripts" / "smoke.py").read_text()
+    assert '"crypto", "ingest"' not in source  # raw data arrives through the landing prefix, not from outside
+
+
 def test_deploy_lets_helm_run_the_migrations_hook_and_waits_for_the_pods_itself():
     """`helm upgrade --wait` would run the Airflow chart's post-install migrations hook only once every pod is
     ready, while the Airflow pods wait for those migrations: a deadlock until the timeout."""
