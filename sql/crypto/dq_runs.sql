@@ -62,11 +62,18 @@ UPDATE dqm.dq_runs
 UPDATE dqm.dq_runs SET rejects_recorded = %(rejects_recorded)s WHERE run_id = %(run_id)s
 
 -- name: step_succeeded
--- a step of a run driven step by step succeeded (a retried step clears an earlier failure); kpi crypto run
--- records its facts inside its publish transaction without this, after the publish's own record
-UPDATE dqm.dq_runs
-   SET status = %(status)s, error = NULL, finished_at = NULL, last_step = %(step)s, last_step_at = now()
- WHERE run_id = %(run_id)s
+-- a step of a run driven step by step succeeded. A retry of the step that failed clears that failure (the
+-- error names its step, see kpi.crypto.runs.mark_failed); another step's failure stands: validate and
+-- quarantine run side by side, and one's success must not hide the other's error. kpi crypto run records
+-- its facts inside its publish transaction without this, after the publish's own record
+UPDATE dqm.dq_runs r
+   SET status = CASE WHEN f.other_failed THEN r.status ELSE %(status)s END,
+       error = CASE WHEN f.other_failed THEN r.error END,
+       finished_at = CASE WHEN f.other_failed THEN r.finished_at END,
+       last_step = %(step)s, last_step_at = now()
+  FROM (SELECT run_id, status = 'failed' AND coalesce(error, '') NOT LIKE %(step)s || ': %%' AS other_failed
+          FROM dqm.dq_runs WHERE run_id = %(run_id)s) f
+ WHERE r.run_id = f.run_id
 
 -- name: gate_failed
 UPDATE dqm.dq_runs

@@ -50,7 +50,7 @@ def test_a_failing_step_marks_its_run_failed_with_its_error(crypto_env, tmp_path
 
         monkeypatch.setattr(steps, "run_summary", broken_summary)
     before = prod_snapshot(crypto_env.database_url)
-    with pytest.raises(Exception):  # noqa: B017,PT011 - each step fails its own way; the record is the point
+    with pytest.raises(Exception):  # noqa: B017 - each step fails its own way; the record is the point
         for step in (steps.stage_window, steps.validate_window, steps.quarantine_rows, steps.publish_window,
                      steps.report_run):
             step(D, run_id, crypto_env)
@@ -61,6 +61,41 @@ def test_a_failing_step_marks_its_run_failed_with_its_error(crypto_env, tmp_path
         assert record["status"] == "published" and "summary field" in record["error"]
     else:
         assert record["status"] == "failed" and prod_snapshot(crypto_env.database_url) == before
+
+
+def test_a_sibling_step_s_success_does_not_hide_the_other_s_failure(crypto_env, tmp_path, monkeypatch):
+    """validate and quarantine run side by side in the DAG, in either order: the one that succeeds must not
+    clear the other's failure from the record; only a retry of the failed step does."""
+    from kpi.crypto import validation
+    from kpi.crypto.steps import ValidationFailed, quarantine_rows, stage_window, validate_window
+
+    _ingest(crypto_env, tmp_path)
+    real = validation.run_expectations
+
+    def disagreeing(settings, run_id, day):
+        outcome = real(settings, run_id, day)
+        outcome["unexpected"]["site_id_unknown"] = outcome["unexpected"].get("site_id_unknown", 0) + 1
+        return outcome
+
+    for run_id, quarantine_first in (("validate-then-quarantine", False), ("quarantine-then-validate", True)):
+        stage_window(D, run_id, crypto_env)
+        if quarantine_first:
+            quarantine_rows(D, run_id, crypto_env)
+        with monkeypatch.context() as patch:
+            patch.setattr(validation, "run_expectations", disagreeing)
+            with pytest.raises(ValidationFailed, match="disagree"):
+                validate_window(D, run_id, crypto_env)
+        if not quarantine_first:
+            quarantine_rows(D, run_id, crypto_env)
+        record = _record(crypto_env.database_url, run_id)
+        assert (record["status"], record["validation"], record["rejects_recorded"]) == ("failed", "failed", 1), run_id
+        assert record["error"].startswith("validate: ValidationFailed: GE and the row-level rules disagree"), run_id
+        assert record["finished_at"] is not None, run_id
+    # a retry of the step that failed clears its failure (the latest run: staging the second freed the first's rows)
+    validate_window(D, "quarantine-then-validate", crypto_env)
+    record = _record(crypto_env.database_url, "quarantine-then-validate")
+    assert (record["status"], record["validation"], record["error"], record["finished_at"]) == (
+        "validated", "passed", None, None)
 
 
 def test_an_abandoned_step_by_step_run_is_reaped_and_its_staging_rows_freed(crypto_env, tmp_path):
