@@ -28,7 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 DAGS = ("crypto_events", "churn_data_watchdog", "churn_training", "churn_drift_monitor")
 # the platform's KPI_STORAGE_URL: global.platform.storageUrl of the chart, s3://kpi/platform (values-local.yaml
@@ -40,7 +40,7 @@ CRYPTO_LANDING = f"{STORAGE_PREFIX}/landing/crypto/"
 CRYPTO_DAY = date(2026, 1, 1)
 # churn sources are simulated up to today: the watchdog's scheduled runs (every 15 min, unpaused by the smoke
 # test) train with as_of = the run's date, so the data must reach it
-CHURN_AS_OF = datetime.now(timezone.utc).date()
+CHURN_AS_OF = datetime.now(UTC).date()
 
 
 class KindTarget:
@@ -298,7 +298,7 @@ def run_dags(api: str, token: str, crypto_day: date, data_url: str, as_of: date,
     set_paused(api, token, "crypto_events", True)
 
     churn_conf = {"data_url": data_url, "as_of": as_of.isoformat()}
-    since = datetime.now(timezone.utc).isoformat()
+    since = datetime.now(UTC).isoformat()
     for dag_id in ("churn_data_watchdog", "churn_training", "churn_drift_monitor"):
         set_paused(api, token, dag_id, False)
     run_id = trigger(api, token, "churn_data_watchdog", churn_conf)

@@ -9,8 +9,8 @@ import sys
 
 import psycopg
 import pytest
-
 from kpi.settings import Settings
+
 from tests.conftest import reference_file
 
 
@@ -34,7 +34,7 @@ def test_db_init_is_idempotent_and_creates_the_schemas(pg_url):
 
 
 def _kpi(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kpi.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "kpi.cli", *args], capture_output=True, text=True, env=env, check=False)
 
 
 def test_cli_db_init_prints_json_summary(pg_url, monkeypatch):

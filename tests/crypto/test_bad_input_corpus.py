@@ -98,7 +98,7 @@ def test_every_malformed_kind_is_quarantined_with_its_reason_and_its_raw_values(
     assert summary["published"] == len(VALID) + 2
     assert summary["quarantined"] == len(CORPUS) and summary["superseded"] == 2
     assert summary["raw_rows"] == summary["published"] + summary["quarantined"] + summary["superseded"]
-    prod = dict(((s, u), (float(p), float(v))) for s, u, p, v in query(
-        settings.database_url, "SELECT site_id, user_id, purchase_price, purchase_value FROM prod.bt_crypto_events"))
+    prod = {(s, u): (float(p), float(v)) for s, u, p, v in query(
+        settings.database_url, "SELECT site_id, user_id, purchase_price, purchase_value FROM prod.bt_crypto_events")}
     assert prod[("MEXICO", 3001)] == (1001.0, 1001.0)  # the latest line of a conflicting duplicate wins
     assert prod[("ARGENTINA", 2000)] == (20000.5, 5000.125)  # value = price * units, exact

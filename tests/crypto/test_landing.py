@@ -91,7 +91,7 @@ def test_files_landing_in_object_storage_are_ingested_moved_or_set_aside(crypto_
 def test_kpi_crypto_ingest_landing_prints_what_it_did_and_fails_on_a_set_aside_file(crypto_env):
     def cli() -> tuple[int, dict]:
         res = subprocess.run([sys.executable, "-m", "kpi.cli", "crypto", "ingest-landing"], capture_output=True,
-                             text=True, env=dict(os.environ), timeout=300)
+                             text=True, env=dict(os.environ), timeout=300, check=False)
         return res.returncode, json.loads(res.stdout.strip().splitlines()[-1])
 
     _drop(crypto_env, {NAME: _extract(range(1, 11))})

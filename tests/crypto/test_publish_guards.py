@@ -34,7 +34,7 @@ def test_a_truncated_extract_fails_the_gate_instead_of_deactivating_what_it_lack
     truncated = [f"COLOMBIA,{u},{dmy(D)},ADA,1,{u}" for u in range(1, 61)]
     ingest_file(str(write_extract(tmp_path / "cut", D + dt.timedelta(days=1), truncated)), settings=crypto_env)
     res = subprocess.run([sys.executable, "-m", "kpi.cli", "crypto", "run", "--date", (D + dt.timedelta(days=1)).isoformat()],
-                         capture_output=True, text=True, env=dict(os.environ), timeout=600)
+                         capture_output=True, text=True, env=dict(os.environ), timeout=600, check=False)
     assert res.returncode == 1, res.stdout + res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["gate"] == "failed" and summary["gate_reason"] == "deactivation_share"
@@ -72,8 +72,14 @@ def test_publish_refuses_a_run_whose_validation_was_skipped(crypto_env, tmp_path
 def test_publish_refuses_a_failed_or_disagreeing_validation_and_unrecorded_rejects(crypto_env, tmp_path, monkeypatch):
     from kpi.crypto import validation
     from kpi.crypto.ingest import ingest_file
-    from kpi.crypto.steps import (NotPublishable, ValidationFailed, publish_window, quarantine_rows, stage_window,
-                                  validate_window)
+    from kpi.crypto.steps import (
+        NotPublishable,
+        ValidationFailed,
+        publish_window,
+        quarantine_rows,
+        stage_window,
+        validate_window,
+    )
 
     rows = [f"COLOMBIA,{u},{dmy(D)},ADA,1,1" for u in range(1, 21)] + [f"colombia,99,{dmy(D)},ADA,1,1"]
     ingest_file(str(write_extract(tmp_path, D, rows)), settings=crypto_env)

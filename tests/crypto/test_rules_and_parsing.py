@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from kpi.crypto import rules
 from kpi.crypto.ingest import IngestError, extract_date_from_name, map_header
 from kpi.crypto.simulate import ANOMALIES, ANOMALY_KINDS, simulate_extracts
@@ -17,8 +16,8 @@ from kpi.settings import Settings
 def test_header_is_matched_case_insensitively_in_any_order():
     header = ["purchase_units", " Site_Id", "USER_ID", "crypto_type", "Purchase_Date", "PURCHASE_PRICE"]
     positions = map_header(header)
-    assert [header[i].strip().lower() for i in positions] == list(
-        ("site_id", "user_id", "purchase_date", "crypto_type", "purchase_price", "purchase_units"))
+    assert [header[i].strip().lower() for i in positions] == [
+        "site_id", "user_id", "purchase_date", "crypto_type", "purchase_price", "purchase_units"]
 
 
 def test_header_without_a_column_is_refused_naming_it():
@@ -81,13 +80,14 @@ def test_gate_compares_the_rejected_share_of_validated_rows(valid, rejected, thr
 
 
 def test_simulator_is_deterministic_and_plays_updates_deletions_and_anomalies(tmp_path):
-    kwargs = dict(rows_per_day=400, anomaly_rate=0.2, update_rate=0.05, delete_rate=0.05)
+    kwargs = {"rows_per_day": 400, "anomaly_rate": 0.2, "update_rate": 0.05, "delete_rate": 0.05}
     a = simulate_extracts(dt.date(2026, 3, 1), dt.date(2026, 3, 4), str(tmp_path / "a"), seed=3, **kwargs)
     b = simulate_extracts(dt.date(2026, 3, 1), dt.date(2026, 3, 4), str(tmp_path / "b"), seed=3, **kwargs)
     c = simulate_extracts(dt.date(2026, 3, 1), dt.date(2026, 3, 4), str(tmp_path / "c"), seed=4, **kwargs)
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == [f"BT_CRYPTO_TRANSACTION_HISTORY_2026-03-0{d}.csv" for d in range(1, 5)]
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert sorted(f.rsplit("/", 1)[1] for f in c["files"]) == files  # another seed: the same days, other rows
     assert (tmp_path / "a" / files[-1]).read_bytes() != (tmp_path / "c" / files[-1]).read_bytes()
     assert a["days"][0]["days_sent"] == 1 and a["days"][-1]["days_sent"] > 1  # later days re-send changed days
     assert sum(d["updates"] for d in a["days"]) > 0 and sum(d["deletions"] for d in a["days"]) > 0

@@ -12,9 +12,8 @@ import datetime as dt
 
 import psycopg
 import pytest
-from kpi.db import connect
-
 from kpi.crypto import rules
+from kpi.db import connect
 
 from .conftest import dmy, prod_snapshot, query, write_extract
 

@@ -34,7 +34,7 @@ def _simulate_and_ingest(settings, tmp_path, days: int, **kwargs) -> list[str]:
 
 def _kpi(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kpi.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=600, check=False)
 
 
 def test_conservation_and_a_rerun_changes_nothing(crypto_env, tmp_path):

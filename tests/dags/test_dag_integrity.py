@@ -53,7 +53,7 @@ def test_parsing_needs_no_external_system_and_no_heavy_import(airflow_home):
         "print('HEAVY', heavy, len(bag.dags))\n"
     )
     env = {**os.environ, "KPI_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("HEAVY")][-1]
     assert "great_expectations" not in line and "pyspark" not in line and "mlflow" not in line, line

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from kpi.cli_support import json_command, parse_date
@@ -36,7 +34,7 @@ def simulate(
 @json_command
 def ingest(
     path_or_url: str = typer.Argument(..., help="A CSV file, or a folder of CSVs (path, file:// or s3://)."),
-    extract_date: Optional[str] = typer.Option(
+    extract_date: str | None = typer.Option(
         None, help="Day the file was extracted (default: YYYY-MM-DD in its name, else today, UTC)."),
     force: bool = typer.Option(False, help="Ingest even if identical content was ingested before."),
 ) -> dict:
@@ -47,6 +45,7 @@ def ingest(
     from kpi.settings import get_settings
     from kpi.storage import filesystem, list_files
 
+    day = parse_date(extract_date, "--extract-date") if extract_date else None  # bad input before any work
     settings = get_settings()
     schema_applied = ensure_schema(database_url(settings), settings)  # fails early when none is configured
     fs, path = filesystem(path_or_url, settings)
@@ -54,7 +53,6 @@ def ingest(
         if fs.isdir(path) else [path_or_url]
     if not sources:
         raise FileNotFoundError(f"no .csv file in {path_or_url}")
-    day = parse_date(extract_date, "--extract-date") if extract_date else None
     result = ingest_many(sources, extract_date=day, force=force, settings=settings)
     summary = {**result, "schema_applied": schema_applied}
     if result["failed"]:
@@ -86,7 +84,7 @@ def ingest_landing() -> dict:
 @json_command
 def run(
     date: str = typer.Option(..., "--date", help="The window's last day D: refreshes [D-(n-1), D] (default n = 5)."),
-    run_id: Optional[str] = typer.Option(None, help="Run id (default: manual__D__<random>)."),
+    run_id: str | None = typer.Option(None, help="Run id (default: manual__D__<random>)."),
 ) -> dict:
     """Stage, validate (GE in Postgres), quarantine, gate and publish the window; print the counts."""
     from kpi.crypto.pipeline import run_window
