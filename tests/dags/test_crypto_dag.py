@@ -45,6 +45,10 @@ def test_the_run_firing_at_midnight_processes_the_day_that_just_ended(airflow_ho
     assert first.data_interval == DataInterval(_utc(2026, 3, 1), _utc(2026, 3, 2))
     assert first.logical_date == _utc(2026, 3, 1)
     assert last_complete_day(first.data_interval.end) == dt.date(2026, 3, 1)
+    # Airflow gives a run a task instance only for the tasks whose start_date is not after the run's logical
+    # date (DagRun.verify_integrity): the first run must get all of them, not finish "success" with none
+    assert dag.start_date == _utc(2026, 3, 1)
+    assert [t.task_id for t in dag.tasks if t.start_date > first.logical_date] == []
     # for a given time: after the run of 9 March, the next fires at 00:00 of 11 March for [10 March, 11 March)
     following = timetable.next_dagrun_info(
         last_automated_data_interval=DataInterval(_utc(2026, 3, 9), _utc(2026, 3, 10)), restriction=restriction)

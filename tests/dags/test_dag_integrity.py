@@ -65,8 +65,8 @@ def test_crypto_events_starts_on_the_configured_day(airflow_home, monkeypatch):
     monkeypatch.setenv("KPI_CRYPTO_START_DATE", "2026-11-01")
     bag = DagBag(dag_folder=str(DAGS_FOLDER / "crypto_events.py"), include_examples=False)
     assert bag.import_errors == {}
-    # the first run fires at 00:00 of the next day and processes 2026-11-01 (tests/dags/test_crypto_dag.py)
-    assert bag.get_dag("crypto_events").start_date.isoformat() == "2026-11-02T00:00:00+00:00"
+    # the first data interval is 2026-11-01's: its run fires at 00:00 of the next day (tests/dags/test_crypto_dag.py)
+    assert bag.get_dag("crypto_events").start_date.isoformat() == "2026-11-01T00:00:00+00:00"
     monkeypatch.setenv("KPI_CRYPTO_START_DATE", "2026-13-01")
     bad = DagBag(dag_folder=str(DAGS_FOLDER / "crypto_events.py"), include_examples=False)
     assert any("crypto_start_date" in err for err in bad.import_errors.values()), bad.import_errors

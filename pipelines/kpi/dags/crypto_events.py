@@ -1,13 +1,17 @@
 """Daily refresh of the crypto events window [D-4, D], D the last complete day: landing -> stage ->
 (validate, quarantine) -> publish -> report.
 
-Schedule: ``CronTriggerTimetable("0 0 * * *", UTC)`` with a one-day interval. The run that fires at 00:00
-UTC of D+1 has the data interval [D, D+1) and the logical date D, and processes the window ending on D, the
-day that just ended (``kpi.crypto.window.run_day``: the last day complete at the interval's end). A manual
-run with logical date T gets the interval [T - 1 day, T] and processes the window ending on the last day
-complete at T: to process day D, trigger it for D+1 00:00 UTC (or pass the interval D/D+1). A manual run
-without a logical date (no data interval) processes the last day complete at its run_after. The first run
-fires at 00:00 of ``KPI_CRYPTO_START_DATE`` + 1 day and processes ``KPI_CRYPTO_START_DATE``.
+Schedule: ``CronDataIntervalTimetable("0 0 * * *", UTC)``, one run per UTC day. The run of day D has the
+data interval [D, D+1) and the logical date D, fires at 00:00 UTC of D+1, and processes the window ending
+on D, the day that just ended (``kpi.crypto.window.run_day``: the last day complete at the interval's end).
+A manual run with logical date T gets the last whole day before T as its interval and processes that day:
+to process day D, trigger it for D+1 00:00 UTC (or pass the interval D/D+1, which is the scheduled run of
+D). A manual run without a logical date (no data interval) processes the last day complete at its
+run_after. ``start_date`` is ``KPI_CRYPTO_START_DATE`` (00:00 UTC): the first run is that day's, fired the
+day after. (A ``CronTriggerTimetable`` with a one-day interval dates its runs the same way, but its
+start_date bounds the fire time: the first run's logical date fell a day before the start_date, and
+Airflow creates no task instance of a task whose start_date is after the run's logical date: that run
+"succeeded" with nothing done.)
 
 ``ingest_landing`` first ingests every new file under ``<KPI_STORAGE_URL>/landing/crypto/`` (then the
 window sees it); ``landing_check`` fails the run, after the window was processed with the good files,
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import CronTriggerTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 
 def _record_failure(context) -> None:
@@ -35,15 +39,16 @@ DEFAULT_ARGS = {
     "retry_delay": dt.timedelta(minutes=2),
     "on_failure_callback": _record_failure,
 }
-# fires at 00:00 UTC; the data interval is the day before (an interval-less trigger would end it at the fire time)
-SCHEDULE = CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=dt.timedelta(days=1))
+# one data interval per UTC day, [D, D+1): its run fires when it ends, at 00:00 UTC of D+1
+SCHEDULE = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
 
 
-def _first_fire() -> dt.datetime:
-    # 00:00 UTC the day after KPI_CRYPTO_START_DATE, read when the file is parsed (kpi.settings needs only pydantic)
+def _start_date() -> dt.datetime:
+    # 00:00 UTC of KPI_CRYPTO_START_DATE, read when the file is parsed (kpi.settings needs only pydantic): the
+    # first data interval, whose run fires the day after
     from kpi.settings import Settings
 
-    day = Settings().crypto_start_date + dt.timedelta(days=1)
+    day = Settings().crypto_start_date
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
@@ -51,7 +56,7 @@ def _first_fire() -> dt.datetime:
     dag_id="crypto_events",
     description="Validate-before-load of crypto purchases: landing, GE in Postgres, quarantine, gated publish",
     schedule=SCHEDULE,
-    start_date=_first_fire(),
+    start_date=_start_date(),
     catchup=True,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
