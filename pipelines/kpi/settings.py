@@ -132,6 +132,23 @@ class Settings(BaseSettings):
         "kubernetes_default", description="Airflow connection of SparkKubernetesOperator (in-cluster by default)."
     )
 
+    # --- churn serving: the scoring API and the daily scores --------------------------------------------
+    churn_serve_champion_ttl_seconds: float = Field(
+        30, gt=0, description="How often the scoring API (`kpi churn serve`) re-reads the champion alias: a"
+                              " promotion is served within this many seconds, without a restart.",
+    )
+    churn_serve_top_k: int = Field(
+        5, ge=0, le=100, description="SHAP contributions per prediction the scoring API returns when a request"
+                                     " does not say (0: none).",
+    )
+    churn_serve_max_users: int = Field(
+        10_000, ge=1, description="Most users one POST /score may carry; a bigger request is refused (413).",
+    )
+    churn_scoring_engine: Literal["auto", "pandas", "spark"] = Field(
+        "auto", description="How the daily churn scoring (churn_scoring DAG) builds features: auto (pandas for"
+                            " small sources, as drift does), pandas, spark.",
+    )
+
     # --- dashboard -----------------------------------------------------------------------------------
     dashboard_champion_ttl_seconds: int = Field(
         30, ge=1, description="How long the dashboard trusts its last read of the champion alias."

@@ -94,6 +94,20 @@ def train(
     }
 
 
+@app.command("serve")
+@json_command
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 in a container)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="One log line per request."),
+) -> dict:
+    """Serve the champion over HTTP (POST /score, GET /model, GET /healthz); follows the alias without restart."""
+    from kpi.churn.serve import serve as run
+    from kpi.settings import get_settings
+
+    return run(get_settings(), host, port, access_log=access_log)
+
+
 @app.command("score")
 @json_command
 def score(

@@ -1,0 +1,316 @@
+"""The scoring API of the churn champion (``kpi churn serve``): FastAPI on uvicorn.
+
+- ``POST /score``: one or many users' features -> ``p_active_60d``, the model version and, per prediction,
+  the top-k SHAP contributions (log-odds, exact: :func:`kpi.churn.explain.shap_values`). The features are
+  checked with the dashboard's own field checks (:mod:`kpi.churn.inputs`): a refused request is a 422 whose
+  ``detail`` names every bad field (``loc`` ``["body", "users", i, "features", name]``).
+- ``GET /model``: the served version, its run, training date, holdout AUC and its input schema.
+- ``GET /healthz``: the process answers (200, also before any champion exists, so that a fresh platform's
+  pods become ready); it says which version is served and when the alias was last read.
+
+The champion is the version holding the ``champion`` alias (:func:`kpi.churn.registry.load_champion`). A
+background thread re-reads the alias every ``KPI_CHURN_SERVE_CHAMPION_TTL_SECONDS`` and swaps in a new
+version once it is loaded and warmed up: requests never wait for the registry, a promotion is served
+without a restart, and a registry that stops answering leaves the last champion in service.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from kpi.churn.inputs import FormField, InvalidInput, form_fields, records_frame
+from kpi.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROBABILITY = "p_active_60d"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A champion ready to answer: the model, its fields (input checks) and when it was loaded."""
+
+    champion: Any  # kpi.churn.registry.Champion
+    fields: list[FormField]
+    schema: dict[str, Any]
+    loaded_at: str
+
+    @property
+    def version(self) -> int:
+        return int(self.champion.version)
+
+
+def prepare(champion) -> Served:
+    """Fields from the champion's input schema, and one warm-up prediction and explanation (the first call
+    of a model pays for lazy imports and compilation; a request should not)."""
+    from kpi.churn.explain import shap_values
+
+    schema = champion.model.input_schema()
+    fields = form_fields(schema)
+    example = records_frame(fields, [{f.name: f.default for f in fields}] * 2)
+    champion.model.predict_proba(example)
+    shap_values(champion.model, example)
+    return Served(champion, fields, schema, _now())
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class ChampionFollower:
+    """The served champion, following the alias: :meth:`refresh` once, then every ``ttl`` seconds on a thread.
+
+    Attributes:
+        served: what requests use (swapped whole, never changed in place); None before any champion exists.
+        checked_at: when the alias was last read successfully.
+        error: the last failure to read the alias or load its version (cleared by the next success).
+    """
+
+    settings: Settings
+    ttl: float | None = None
+    loader: Callable[[Settings], Any] | None = None
+    served: Served | None = None
+    checked_at: str | None = None
+    error: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.ttl is None:
+            self.ttl = self.settings.churn_serve_champion_ttl_seconds
+        if self.loader is None:
+            from kpi.churn.registry import load_champion
+
+            self.loader = load_champion
+
+    def refresh(self) -> bool:
+        """Read the alias; load and warm up a new version. True when the served version changed."""
+        try:
+            champion = self.loader(self.settings)
+            before = self.served
+            if champion is None:
+                self.served = None
+            elif before is None or before.version != int(champion.version):
+                self.served = prepare(champion)
+                log.info("serving %s v%s (run %s)", champion.name, champion.version, champion.run_id)
+            self.checked_at, self.error = _now(), None
+            return (before and before.version) != (self.served and self.served.version)
+        except Exception as exc:  # noqa: BLE001 - a registry outage keeps the last champion in service
+            self.error = self.settings.redact(f"{type(exc).__name__}: {exc}")
+            log.warning("champion alias not refreshed, still serving %s: %s",
+                        self.served and f"v{self.served.version}", self.error)
+            return False
+
+    def start(self) -> None:
+        """Re-read the alias every ``ttl`` seconds on a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(self.ttl):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="champion-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+
+def _number(value: Any) -> Any:
+    """A JSON-safe scalar: numpy types as Python ones, NaN and infinities as null."""
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return _number(obj)
+
+
+def score_request(served: Served, users: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
+    """Score ``users`` (``{"id": ..., "features": {...}}``) with the served champion.
+
+    Args:
+        served: the champion and its fields.
+        users: each with ``features`` (every model feature, null for unknown) and an optional ``id``.
+        top_k: SHAP contributions per prediction, largest |contribution| first (0: none).
+
+    Returns:
+        Per user: ``id``, ``p_active_60d`` and, with ``top_k``, ``shap``: ``base_value``, ``contributions``
+        (``feature``, ``value``, ``contribution``) and ``rest`` (the sum of the others): ``base_value`` +
+        contributions + ``rest`` is the logit of ``p_active_60d``.
+
+    Raises:
+        InvalidInput: bad or missing features, each named ``users[i].features.<name>``.
+    """
+    model = served.champion.model
+    frame = records_frame(served.fields, [u["features"] for u in users], where=lambda i: f"users[{i}].features")
+    p = np.asarray(model.predict_proba(frame), dtype=np.float64).reshape(-1)
+    out = [{"id": u.get("id"), PROBABILITY: float(p[i])} for i, u in enumerate(users)]
+    if top_k <= 0:
+        return out
+    from kpi.churn.explain import shap_values
+
+    base, phi = shap_values(model, frame)
+    names = list(model.feature_names)
+    columns = {name: frame[name].to_numpy() for name in names}
+    k = min(top_k, len(names))
+    order = np.argsort(-np.abs(phi), axis=1, kind="stable")[:, :k]
+    totals = phi.sum(axis=1)
+    for i, row in enumerate(out):
+        top = order[i]
+        listed = [{"feature": names[j], "value": _number(columns[names[j]][i]), "contribution": float(phi[i, j])}
+                  for j in top]
+        row["shap"] = {"base_value": float(base), "contributions": listed,
+                       "rest": float(totals[i] - phi[i, top].sum())}
+    return out
+
+
+class UserFeatures(BaseModel):
+    """One user of a POST /score request."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: int | str | None = Field(None, description="The user's id (CUS_CUST_ID_BUY), echoed back.")
+    features: dict[str, Any] = Field(
+        description="Every feature of the model (GET /model lists them); null for an unknown value.")
+
+
+class ScoreRequest(BaseModel):
+    """The body of POST /score."""
+
+    model_config = ConfigDict(extra="forbid")
+    users: list[UserFeatures] = Field(min_length=1, description="One or many users to score.")
+    top_k: int | None = Field(None, ge=0, le=100,
+                              description="SHAP contributions per prediction (default KPI_CHURN_SERVE_TOP_K).")
+
+
+def create_app(settings: Settings, follower: ChampionFollower | None = None):
+    """The FastAPI application; ``follower`` defaults to one on ``settings`` (started with the app)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    follower = follower or ChampionFollower(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        follower.refresh()  # the first champion before the port opens
+        follower.start()
+        try:
+            yield
+        finally:
+            follower.stop()
+
+    app = FastAPI(title="KPI Platform churn scoring API", version="1", lifespan=lifespan,
+                  description="Probability of at least one payment in the next 60 days (p_active_60d) from the "
+                              f"`{settings.churn_champion_alias}` version of `{settings.churn_model_name}`.")
+    app.state.follower = follower
+
+    def no_champion() -> JSONResponse:
+        reason = f" (last alias read failed: {follower.error})" if follower.error else ""
+        return JSONResponse(status_code=503, content={"detail": (
+            f"no model holds the alias '{settings.churn_champion_alias}' of '{settings.churn_model_name}' yet"
+            f"{reason}: train and promote one (`kpi churn train`, or the churn_training DAG)")})
+
+    @app.get("/healthz", summary="The process answers; which champion it serves")
+    async def healthz() -> JSONResponse:
+        served = follower.served
+        return JSONResponse({"status": "ok", "champion_version": served and served.version,
+                             "checked_at": follower.checked_at, "refresh_error": follower.error})
+
+    @app.get("/model", summary="The served champion: version, run, training date, AUC, input schema")
+    async def model() -> JSONResponse:
+        served = follower.served
+        if served is None:
+            return no_champion()
+        champ = served.champion
+        return JSONResponse(_jsonable({
+            "name": champ.name, "alias": settings.churn_champion_alias, "version": served.version,
+            "run_id": champ.run_id, "trained_at": champ.trained_at, "auc": champ.auc, "loaded_at": served.loaded_at,
+            "checked_at": follower.checked_at, "features": served.schema,
+        }))
+
+    @app.post("/score", summary="Score one or many users with the champion, with SHAP contributions")
+    async def score(payload: ScoreRequest) -> JSONResponse:
+        served = follower.served  # one version for the whole request, even if the alias moves meanwhile
+        if served is None:
+            return no_champion()
+        if len(payload.users) > settings.churn_serve_max_users:
+            return JSONResponse(status_code=413, content={"detail": [{
+                "loc": ["body", "users"], "type": "too_long",
+                "msg": f"users: {len(payload.users)} users in one request, more than the limit of "
+                       f"{settings.churn_serve_max_users} (KPI_CHURN_SERVE_MAX_USERS); split the request"}]})
+        top_k = settings.churn_serve_top_k if payload.top_k is None else payload.top_k
+        users = [{"id": u.id, "features": u.features} for u in payload.users]
+        try:
+            predictions = score_request(served, users, top_k)
+        except InvalidInput as exc:
+            detail = [{"loc": ["body", "users", row, "features", name], "msg": problem, "type": "value_error"}
+                      for problem, (row, name) in zip(exc.problems, exc.locations, strict=True)]
+            return JSONResponse(status_code=422, content={"detail": detail, "message": str(exc)})
+        return JSONResponse({"model_version": served.version, "model": {
+            "name": served.champion.name, "version": served.version, "run_id": served.champion.run_id},
+            "predictions": predictions})
+
+    return app
+
+
+def serve(settings: Settings, host: str, port: int, access_log: bool = False) -> dict[str, Any]:
+    """Run the API with uvicorn until it is stopped (SIGINT/SIGTERM); return what it served.
+
+    Args:
+        settings: platform settings (MLflow store, model name and alias, the API's limits).
+        host: address to listen on (``0.0.0.0`` in a pod, ``127.0.0.1`` on a machine).
+        port: port to listen on.
+        access_log: one log line per request (off by default: the hot path stays short).
+    """
+    import uvicorn
+
+    from kpi.redaction import redact_url
+
+    follower = ChampionFollower(settings)
+    app = create_app(settings, follower)
+    log.info("scoring API on http://%s:%s, champion from %s", host, port, redact_url(settings.resolved_mlflow_uri))
+    started = time.monotonic()
+    # uvicorn's own logging, plus this module's lines (which version is served, failed alias reads)
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["kpi"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    # uvicorn stops gracefully on SIGINT/SIGTERM and then raises the signal again for the handler that was in
+    # place before it: with this one, a requested stop ends the command normally (summary, exit code 0)
+    stopped: list[str] = []
+    previous = {sig: signal.signal(sig, lambda number, _: stopped.append(signal.Signals(number).name))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.run(app, host=host, port=port, access_log=access_log, log_config=config,
+                    timeout_graceful_shutdown=10)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return {"host": host, "port": port, "champion_version": follower.served and follower.served.version,
+            "stopped_by": stopped[0] if stopped else None, "seconds": round(time.monotonic() - started, 1)}
