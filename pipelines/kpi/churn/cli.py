@@ -94,6 +94,21 @@ def train(
     }
 
 
+@app.command("deliver")
+@json_command
+def deliver(
+    data: str = typer.Option(..., "--data", help="Folder or URL (file://, s3://) with the five source CSVs."),
+    as_of: str = typer.Option(..., "--as-of", help="Scoring date YYYY-MM-DD (features from data before it)."),
+    engine: str | None = typer.Option(None, "--engine", help="auto, pandas or spark (default KPI_CHURN_SCORING_ENGINE)."),
+) -> dict:
+    """Score every user with the champion into prod.churn_scores for --as-of (what the churn_scoring DAG runs;
+    a rerun changes nothing)."""
+    from kpi.churn.delivery import deliver_scores
+    from kpi.settings import get_settings
+
+    return deliver_scores(get_settings(), data, parse_date(as_of, "--as-of"), engine=engine)
+
+
 @app.command("serve")
 @json_command
 def serve(
