@@ -72,7 +72,7 @@ def test_platform_up_starts_every_component_healthy(platform):
     assert up["ok"] and up["_rc"] == 0, up["_stderr"][-3000:]
     assert up["health"] and all(up["health"].values()), up["health"]
     assert set(up["health"]) == {"postgres", "s3", "mlflow", "dashboard", "airflow api-server", "airflow scheduler",
-                                 "airflow dag-processor", "airflow triggerer", "jupyterlab"}
+                                 "airflow dag-processor", "airflow triggerer", "jupyterlab", "scoring"}
     assert set(up["differences"]) == {"executor", "spark", "object storage", "postgres", "addresses", "images"}
     # the login printed is the chart's generated one and the API accepts it
     assert f"admin / {up['airflow_login']['password']}" in up["_stderr"]
