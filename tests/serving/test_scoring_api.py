@@ -93,6 +93,33 @@ def test_one_user_without_shap_and_the_default_top_k(serving_env, churn_store):
     assert default["p_active_60d"] == bare["p_active_60d"]
 
 
+def test_requests_waiting_together_share_one_model_call_and_each_gets_its_own_answer(serving_env, churn_store):
+    import asyncio
+
+    from kpi.churn.registry import load_champion
+    from kpi.churn.serve import Batcher, check_users, prepare, score_request
+
+    served = prepare(load_champion(serving_env))
+    users = _users(churn_store, serving_env, 12)
+    top_ks = [0, 3, 1, 5] * 3
+    batcher = Batcher()
+
+    async def concurrently():
+        return await asyncio.gather(*(batcher.score(served, check_users(served, [u["features"]]), [u["id"]], k)
+                                      for u, k in zip(users, top_ks, strict=True)))
+
+    answers = asyncio.run(concurrently())
+    assert (batcher.calls, batcher.requests) == (1, 12)
+    for user, k, (answer,) in zip(users, top_ks, answers, strict=True):
+        (alone,) = score_request(served, [user], k)
+        assert answer["id"] == user["id"] and answer["p_active_60d"] == pytest.approx(alone["p_active_60d"], abs=1e-12)
+        assert ("shap" in answer) == (k > 0)
+        if k:
+            assert [c["feature"] for c in answer["shap"]["contributions"]] == [
+                c["feature"] for c in alone["shap"]["contributions"]]
+            assert answer["shap"]["rest"] == pytest.approx(alone["shap"]["rest"], abs=1e-9)
+
+
 def test_unknown_values_are_null_and_scored_like_the_pipeline_scores_blanks(serving_env, churn_store):
     from kpi.churn.registry import load_champion
 

@@ -16,6 +16,7 @@ without a restart, and a registry that stops answering leaves the last champion 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
 import logging
@@ -30,7 +31,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from kpi.churn.inputs import FormField, InvalidInput, form_fields, records_frame
+from kpi.churn.inputs import (
+    FormField,
+    InvalidInput,
+    columns_frame,
+    form_fields,
+    records_columns,
+    records_frame,
+)
 from kpi.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -152,43 +160,123 @@ def _jsonable(obj: Any) -> Any:
     return _number(obj)
 
 
-def score_request(served: Served, users: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
-    """Score ``users`` (``{"id": ..., "features": {...}}``) with the served champion.
-
-    Args:
-        served: the champion and its fields.
-        users: each with ``features`` (every model feature, null for unknown) and an optional ``id``.
-        top_k: SHAP contributions per prediction, largest |contribution| first (0: none).
-
-    Returns:
-        Per user: ``id``, ``p_active_60d`` and, with ``top_k``, ``shap``: ``base_value``, ``contributions``
-        (``feature``, ``value``, ``contribution``) and ``rest`` (the sum of the others): ``base_value`` +
-        contributions + ``rest`` is the logit of ``p_active_60d``.
+def check_users(served: Served, features: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The users' features checked with the model's fields, as typed columns.
 
     Raises:
         InvalidInput: bad or missing features, each named ``users[i].features.<name>``.
     """
-    model = served.champion.model
-    frame = records_frame(served.fields, [u["features"] for u in users], where=lambda i: f"users[{i}].features")
-    p = np.asarray(model.predict_proba(frame), dtype=np.float64).reshape(-1)
-    out = [{"id": u.get("id"), PROBABILITY: float(p[i])} for i, u in enumerate(users)]
-    if top_k <= 0:
+    return records_columns(served.fields, features, where=lambda i: f"users[{i}].features")
+
+
+@dataclass
+class Scored:
+    """Probabilities (and SHAP values) of some rows, from one model call: what answers one or many requests."""
+
+    p: np.ndarray
+    values: np.ndarray  # (rows, features) the inputs, for the contributions' "value"
+    names: list[str]
+    base: float | None = None
+    phi: np.ndarray | None = None  # (rows, features) SHAP values in log-odds, or None
+
+    def predictions(self, ids: list[Any], top_k: int, start: int = 0) -> list[dict[str, Any]]:
+        """The answer for rows ``start .. start + len(ids)``: ``id``, ``p_active_60d`` and, with ``top_k``,
+        ``shap``: ``base_value``, ``contributions`` (``feature``, ``value``, ``contribution``, largest |value|
+        first) and ``rest`` (the sum of the others); ``base_value`` + contributions + ``rest`` is the logit."""
+        rows = range(start, start + len(ids))
+        out = [{"id": uid, PROBABILITY: float(self.p[i])} for uid, i in zip(ids, rows, strict=True)]
+        if top_k <= 0 or self.phi is None:
+            return out
+        phi = self.phi[start:start + len(ids)]
+        k = min(top_k, len(self.names))
+        order = np.argsort(-np.abs(phi), axis=1, kind="stable")[:, :k]
+        totals = phi.sum(axis=1)
+        for row, (i, top) in enumerate(zip(rows, order, strict=True)):
+            listed = [{"feature": self.names[j], "value": _number(self.values[i, j]), "contribution": float(phi[row, j])}
+                      for j in top]
+            out[row]["shap"] = {"base_value": self.base, "contributions": listed,
+                                "rest": float(totals[row] - phi[row, top].sum())}
         return out
+
+
+def score_columns(served: Served, columns: dict[str, np.ndarray], explain: bool) -> Scored:
+    """One ``predict_proba`` (and, with ``explain``, one exact ``shap_values``) over checked columns."""
+    model = served.champion.model
+    frame = columns_frame(served.fields, columns)
+    p = np.asarray(model.predict_proba(frame), dtype=np.float64).reshape(-1)
+    names = list(model.feature_names)
+    if not explain:
+        return Scored(p=p, values=np.empty((len(p), 0), dtype=object), names=names)
     from kpi.churn.explain import shap_values
 
     base, phi = shap_values(model, frame)
-    names = list(model.feature_names)
-    columns = {name: frame[name].to_numpy() for name in names}
-    k = min(top_k, len(names))
-    order = np.argsort(-np.abs(phi), axis=1, kind="stable")[:, :k]
-    totals = phi.sum(axis=1)
-    for i, row in enumerate(out):
-        top = order[i]
-        listed = [{"feature": names[j], "value": _number(columns[names[j]][i]), "contribution": float(phi[i, j])}
-                  for j in top]
-        row["shap"] = {"base_value": float(base), "contributions": listed,
-                       "rest": float(totals[i] - phi[i, top].sum())}
-    return out
+    values = np.empty((len(p), len(names)), dtype=object)
+    for j, name in enumerate(names):
+        values[:, j] = columns[name]
+    return Scored(p=p, values=values, names=names, base=float(base), phi=np.asarray(phi, dtype=np.float64))
+
+
+def score_request(served: Served, users: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
+    """Score ``users`` (``{"id": ..., "features": {...}}``) with the served champion (see :meth:`Scored.predictions`).
+
+    Raises:
+        InvalidInput: bad or missing features, each named ``users[i].features.<name>``.
+    """
+    columns = check_users(served, [u["features"] for u in users])
+    return score_columns(served, columns, top_k > 0).predictions([u.get("id") for u in users], top_k)
+
+
+class Batcher:
+    """Dynamic batching: requests waiting while the model is busy are scored together, with one
+    ``predict_proba`` and one ``shap_values`` call over all their rows.
+
+    The model's fixed cost per call (building a frame, column lookups) dominates a one-user request; under
+    load, the requests that arrive during a call share the next one, so throughput grows with the load
+    instead of a queue. A request alone is scored at once: batching adds no wait. Runs on the event loop.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Served, dict[str, np.ndarray], list[Any], int, asyncio.Future]] = []
+        self._scheduled = False
+        self.calls = 0
+        self.requests = 0
+
+    async def score(self, served: Served, columns: dict[str, np.ndarray], ids: list[Any],
+                    top_k: int) -> list[dict[str, Any]]:
+        """The predictions of one request's checked columns (see :meth:`Scored.predictions`)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((served, columns, ids, top_k, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
+        return await future
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        groups: dict[int, list] = {}
+        for item in pending:  # a request keeps the version it started with, even if the alias just moved
+            groups.setdefault(id(item[0]), []).append(item)
+        for items in groups.values():
+            served = items[0][0]
+            try:
+                names = list(items[0][1])
+                columns = items[0][1] if len(items) == 1 else {
+                    name: np.concatenate([item[1][name] for item in items]) for name in names}
+                scored = score_columns(served, columns, any(item[3] > 0 for item in items))
+            except Exception as exc:  # noqa: BLE001 - every request of the call gets the error
+                for item in items:
+                    if not item[4].done():
+                        item[4].set_exception(exc)
+                continue
+            self.calls += 1
+            start = 0
+            for _, _, ids, top_k, future in items:
+                if not future.done():
+                    future.set_result(scored.predictions(ids, top_k, start))
+                self.requests += 1
+                start += len(ids)
 
 
 class UserFeatures(BaseModel):
@@ -230,7 +318,8 @@ def create_app(settings: Settings, follower: ChampionFollower | None = None):
     app = FastAPI(title="KPI Platform churn scoring API", version="1", lifespan=lifespan,
                   description="Probability of at least one payment in the next 60 days (p_active_60d) from the "
                               f"`{settings.churn_champion_alias}` version of `{settings.churn_model_name}`.")
-    app.state.follower = follower
+    batcher = Batcher()
+    app.state.follower, app.state.batcher = follower, batcher
 
     def no_champion() -> JSONResponse:
         reason = f" (last alias read failed: {follower.error})" if follower.error else ""
@@ -242,7 +331,8 @@ def create_app(settings: Settings, follower: ChampionFollower | None = None):
     async def healthz() -> JSONResponse:
         served = follower.served
         return JSONResponse({"status": "ok", "champion_version": served and served.version,
-                             "checked_at": follower.checked_at, "refresh_error": follower.error})
+                             "checked_at": follower.checked_at, "refresh_error": follower.error,
+                             "scored": {"requests": batcher.requests, "model_calls": batcher.calls}})
 
     @app.get("/model", summary="The served champion: version, run, training date, AUC, input schema")
     async def model() -> JSONResponse:
@@ -267,13 +357,13 @@ def create_app(settings: Settings, follower: ChampionFollower | None = None):
                 "msg": f"users: {len(payload.users)} users in one request, more than the limit of "
                        f"{settings.churn_serve_max_users} (KPI_CHURN_SERVE_MAX_USERS); split the request"}]})
         top_k = settings.churn_serve_top_k if payload.top_k is None else payload.top_k
-        users = [{"id": u.id, "features": u.features} for u in payload.users]
         try:
-            predictions = score_request(served, users, top_k)
+            columns = check_users(served, [u.features for u in payload.users])
         except InvalidInput as exc:
             detail = [{"loc": ["body", "users", row, "features", name], "msg": problem, "type": "value_error"}
                       for problem, (row, name) in zip(exc.problems, exc.locations, strict=True)]
             return JSONResponse(status_code=422, content={"detail": detail, "message": str(exc)})
+        predictions = await batcher.score(served, columns, [u.id for u in payload.users], top_k)
         return JSONResponse({"model_version": served.version, "model": {
             "name": served.champion.name, "version": served.version, "run_id": served.champion.run_id},
             "predictions": predictions})
