@@ -4,7 +4,6 @@ sources and the test Postgres: a delivery, a rerun that changes nothing, and the
 from __future__ import annotations
 
 import pytest
-
 from dashboard.conftest import churn_store, dash_db  # noqa: F401 - the session's champion and test database
 from serving.conftest import move_alias, own_registry, serving_env  # noqa: F401
 

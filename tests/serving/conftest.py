@@ -13,7 +13,6 @@ import os
 import shutil
 
 import pytest
-
 from dashboard.conftest import churn_store, dash_db  # noqa: F401 - fixtures re-exported for this folder
 
 

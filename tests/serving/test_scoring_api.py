@@ -23,7 +23,6 @@ pytestmark = pytest.mark.slow  # the session's champion is trained with Spark on
 
 def _client(settings, ttl: float = 30.0):
     from fastapi.testclient import TestClient
-
     from kpi.churn.serve import ChampionFollower, create_app
 
     return TestClient(create_app(settings, ChampionFollower(settings, ttl=ttl)))

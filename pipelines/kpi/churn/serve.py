@@ -24,7 +24,6 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +88,6 @@ class ChampionFollower:
 
     settings: Settings
     ttl: float | None = None
-    loader: Callable[[Settings], Any] | None = None
     served: Served | None = None
     checked_at: str | None = None
     error: str | None = None
@@ -99,15 +97,13 @@ class ChampionFollower:
     def __post_init__(self) -> None:
         if self.ttl is None:
             self.ttl = self.settings.churn_serve_champion_ttl_seconds
-        if self.loader is None:
-            from kpi.churn.registry import load_champion
-
-            self.loader = load_champion
 
     def refresh(self) -> bool:
         """Read the alias; load and warm up a new version. True when the served version changed."""
+        from kpi.churn.registry import load_champion
+
         try:
-            champion = self.loader(self.settings)
+            champion = load_champion(self.settings)
             before = self.served
             if champion is None:
                 self.served = None
