@@ -44,6 +44,8 @@ TARGET_P99_MS = 20.0
 AS_OF = dt.date(2025, 6, 30)
 USERS = 3000
 BATCH = 1000
+# a keep-alive connection idle longer than this is closed, not reused (uvicorn closes them after 5 s)
+IDLE_REUSE_S = 2.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -157,7 +159,8 @@ def post_request(host: str, port: int, body: bytes) -> bytes:
 
 async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> dict:
     """``rate`` requests per second for ``seconds``, each scheduled on the clock whatever came back before
-    (a free keep-alive connection is taken, or a new one opened)."""
+    (a free keep-alive connection is taken, or a new one opened). Times are ``time.perf_counter()``: uvloop's
+    ``loop.time()`` counts whole milliseconds."""
     from urllib.parse import urlsplit
 
     host, port = urlsplit(url).hostname, urlsplit(url).port
@@ -166,35 +169,44 @@ async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) 
     latencies: list[float] = []
     lags: list[float] = []
     errors: list[str] = []
-    idle: list[Connection] = []
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.2
+    idle: list[tuple[Connection, float]] = []  # (connection, when it was last used)
+    opened = 0
+    start = time.perf_counter() + 0.2
+
+    async def connection() -> Connection:
+        nonlocal opened
+        while idle:
+            conn, used = idle.pop()
+            if time.perf_counter() - used < IDLE_REUSE_S:
+                return conn
+            conn.close()  # the server may have closed it (uvicorn's keep-alive is 5 s): never reuse a stale one
+        opened += 1
+        return await Connection.open(host, port)
 
     async def one(i: int) -> None:
         scheduled = start + i / rate
-        await asyncio.sleep(max(0.0, scheduled - loop.time()))
-        lags.append((loop.time() - scheduled) * 1000)
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        lags.append((time.perf_counter() - scheduled) * 1000)
         try:
-            connection = idle.pop() if idle else await Connection.open(host, port)
-            status, _ = await connection.post(requests[i % len(requests)])
+            conn = await connection()
+            status, _ = await conn.post(requests[i % len(requests)])
         except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration) as exc:
             errors.append(type(exc).__name__)
             return
-        idle.append(connection)
+        done = time.perf_counter()
+        idle.append((conn, done))
         if status != 200:
             errors.append(f"HTTP {status}")
             return
-        latencies.append((loop.time() - scheduled) * 1000)
+        latencies.append((done - scheduled) * 1000)
 
-    began = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))
-    elapsed = time.perf_counter() - began - 0.2
-    opened = len(idle)
-    for connection in idle:
-        connection.close()
+    elapsed = time.perf_counter() - start
+    for conn, _ in idle:
+        conn.close()
     return {"offered_rps": rate, "seconds": seconds, "requests": count, "answers": len(latencies),
             "rps": round(len(latencies) / elapsed, 1), "errors": len(errors), "error_kinds": sorted(set(errors)),
-            "connections": opened, **latency_summary(latencies), "client_lag": latency_summary(lags)}
+            "connections_opened": opened, **latency_summary(latencies), "client_lag": latency_summary(lags)}
 
 
 async def batches(url: str, users: list[dict], count: int, size: int) -> dict:
