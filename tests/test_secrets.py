@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -10,7 +11,6 @@ import sys
 import textwrap
 
 import pytest
-from kpi.churn.sources import SOURCE_FILES
 from kpi.redaction import redact_url, scrub, secret_values
 from kpi.settings import Settings
 
@@ -123,10 +123,11 @@ def credentials_env(tmp_path):
 
 
 def test_failing_commands_print_no_secret(credentials_env, tmp_path):
+    from kpi.churn.simulate import simulate_sources
+
     sources = tmp_path / "sources"
-    sources.mkdir()
-    for name in SOURCE_FILES.values():
-        (sources / name).write_text("CUS_CUST_ID_BUY\n1\n")
+    # valid sources: drift validates them first, then reaches MLflow, whose error carries its URL
+    simulate_sources(str(sources), users=200, as_of=dt.date(2024, 7, 1))
     runs = {
         # MLflow puts its whole tracking URL, password included, into its error message
         "drift": _kpi("churn", "drift", "--data", str(sources), "--as-of", "2024-07-01", env=credentials_env),

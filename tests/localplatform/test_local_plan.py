@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from kpi.platform.chart import RELEASE, named
 
 # environment variables the local platform adds or changes, and nothing else
@@ -109,3 +108,13 @@ def test_rewrite_maps_every_form_of_a_service_address(local_render):
     assert local_render.rewrite("http://example.com:5000") == "http://example.com:5000"
     console = local_render.service_ports()[(f"{RELEASE}-minio", 9001)]
     assert console == local_render.ports["minio"] + 1
+
+
+def test_jupyterlab_kernels_draw_inline_whatever_backend_the_caller_exported(local_render, monkeypatch):
+    """Importing streamlit exports MPLBACKEND=Agg into its process; a JupyterLab started from such a process
+    (a test run that imported the dashboard first, for one) used to give kernels that drew no figures."""
+    from kpi.platform.local import plan
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    env = next(p for p in plan(local_render) if p.name == f"{RELEASE}-jupyterlab/jupyterlab").env
+    assert env["MPLBACKEND"] == "module://matplotlib_inline.backend_inline"
