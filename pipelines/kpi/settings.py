@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["logistic_regression", "gbt"], min_length=1,
         description="Model families the search chooses among (comma-separated): logistic_regression, gbt.",
     )
+    churn_promote_incomparable: bool = Field(
+        False,
+        description="Promote a candidate that passes its guardrails when the champion cannot be scored on the "
+        "candidate's holdout (missing features, NaN scores, unreadable model); by default the champion stays.",
+    )
     churn_min_auc: float = Field(0.6, ge=0.0, le=1.0, description="Guardrail: lowest holdout AUC a champion may have.")
     churn_max_calibration_error: float = Field(
         0.1, ge=0.0, le=1.0, description="Guardrail: largest expected calibration error (ECE) a champion may have."
