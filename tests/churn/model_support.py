@@ -41,6 +41,7 @@ def store_settings(base: Path, model_name: str = "churn-model"):
         mlflow_tracking_uri=f"sqlite:///{base / 'mlflow.db'}",
         churn_model_name=model_name,
         spark_master="local[2]",
+        churn_search_seconds=0,  # every requested trial runs, whatever the machine's load
     )
 
 
@@ -51,6 +52,7 @@ def job_environment(settings) -> dict[str, str]:
         KPI_ENV="test",
         KPI_HOME=str(settings.home_dir),
         KPI_STORAGE_URL=settings.resolved_storage_url,
+        KPI_CHURN_SEARCH_SECONDS="0",  # the tests count trials: no time budget on a loaded machine
         MLFLOW_TRACKING_URI=settings.resolved_mlflow_uri,
         SPARK_LOCAL_IP="127.0.0.1",
         PYSPARK_PYTHON=sys.executable,

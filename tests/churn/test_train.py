@@ -147,3 +147,14 @@ def test_each_family_trains_exports_with_parity_and_registers(family, churn_data
     assert (model.trees is not None) == (family == "gbt")
     tags = client(settings).get_model_version(settings.churn_model_name, str(result["model_version"])).tags
     assert tags["model_family"] == family
+
+
+def test_the_search_stops_starting_trials_after_its_time_budget(churn_data, spark, tmp_path):
+    from kpi.churn.train import train_model
+    from model_support import store_settings
+
+    settings = store_settings(tmp_path).model_copy(
+        update={"churn_model_families": ["logistic_regression"], "churn_search_seconds": 1})
+    result = train_model(settings, churn_data.url, churn_data.as_of, trials=5, spark=spark)
+    assert result["trials"] == 5 and result["trials_run"] == 1  # one Spark fit takes longer than 1 s
+    assert result["parity_max_abs_diff"] < 1e-6
