@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kpi.churn.model import ChurnModel, ModelFormatError, classification_metrics, expected_calibration_error
+from kpi.churn.metrics import classification_metrics, expected_calibration_error
+from kpi.churn.model import ChurnModel, ModelFormatError
 from model_support import CATEGORICAL, NUMERIC
 
 FAMILIES = ["logistic_regression", "gbt"]

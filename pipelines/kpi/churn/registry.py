@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from kpi.churn.model import ChurnModel, classification_metrics
+from kpi.churn.metrics import classification_metrics
+from kpi.churn.model import ChurnModel
 from kpi.settings import Settings
 
 log = logging.getLogger(__name__)

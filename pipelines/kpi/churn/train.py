@@ -416,7 +416,7 @@ def _search_fit_register(settings: Settings, data_url: str, as_of: dt.date, tria
 
     from kpi import storage
     from kpi.churn import explain, mlflow_utils
-    from kpi.churn.model import classification_metrics
+    from kpi.churn.metrics import classification_metrics
 
     label, id_col, horizon, seed = LABEL, ID, LABEL_HORIZON_DAYS, settings.churn_seed
     numeric, categorical = data.numeric, data.categorical
