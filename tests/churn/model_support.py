@@ -182,3 +182,15 @@ def fit_synthetic(spark, family: str, rows: int = 800) -> SyntheticFit:
     test.loc[2, "recency"] = np.nan
     test.loc[3, "visits"] = 0
     return SyntheticFit(family, spark_model, model, fill, test)
+
+
+def scoring_module_imports() -> set[str]:
+    """Top-level package names that kpi/churn/model.py (the bundled scoring code) imports, in functions too."""
+    import ast
+
+    import kpi.churn.model as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return names - {"__future__"}

@@ -54,9 +54,23 @@ def test_requirements_name_only_pinned_public_packages(registered):
     _, _, folder = registered
     requirements = [r for r in (folder / "requirements.txt").read_text().splitlines() if r.strip()]
     names = {r.split("==")[0].lower() for r in requirements}
-    assert names == {"mlflow", "numpy", "pandas"}, requirements
+    assert names == {"mlflow", "numpy", "pandas", "numba", "llvmlite"}, requirements  # a tree model
     assert all("==" in r for r in requirements)
     assert "kpi" not in (folder / "conda.yaml").read_text() + (folder / "python_env.yaml").read_text()
+
+
+def test_the_requirements_cover_every_package_the_bundled_code_imports(registered, synthetic_fits):
+    # an environment restored from requirements.txt (mlflow models serve) must be able to score trees
+    import sys
+
+    from kpi.churn.mlflow_utils import pip_requirements
+    from model_support import scoring_module_imports
+
+    _, _, folder = registered
+    stored = {r.split("==")[0].lower() for r in (folder / "requirements.txt").read_text().split()}
+    assert scoring_module_imports() - set(sys.stdlib_module_names) <= stored
+    linear = {r.split("==")[0] for r in pip_requirements(synthetic_fits["logistic_regression"].model)}
+    assert linear == {"mlflow", "numpy", "pandas"}  # the regression never imports numba
 
 
 def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -2,7 +2,7 @@
 
 The registered artefact is an MLflow "models from code" pyfunc (:mod:`kpi.churn.pyfunc_entry`) whose
 parameters are data: ``artifacts/churn_model.json``. Its requirements are pinned public packages only
-(mlflow, numpy, pandas); the scoring code it needs is bundled as ``code/kpi_churn_model.py``, a copy of
+(mlflow, numpy, pandas; numba and llvmlite for trees); the scoring code it needs is bundled as ``code/kpi_churn_model.py``, a copy of
 :mod:`kpi.churn.model`, never a package name that an index could resolve to someone else's code.
 
 The platform loads versions with :func:`load_version_model`, which downloads the JSON alone and parses
@@ -110,11 +110,15 @@ def signature_for(model: ChurnModel):
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double", PREDICTION_COLUMN)]))
 
 
-def pip_requirements() -> list[str]:
-    """Pinned requirements of the pyfunc: public packages only, the scoring code is bundled."""
-    import numpy
+def pip_requirements(model: ChurnModel) -> list[str]:
+    """Pinned requirements of ``model``'s pyfunc: public packages only, the scoring code is bundled.
 
-    return [f"mlflow=={mlflow.__version__}", f"numpy=={numpy.__version__}", f"pandas=={pd.__version__}"]
+    Tree models add numba (and its llvmlite): the bundled module compiles the traversal with it.
+    """
+    from importlib.metadata import version
+
+    names = ["mlflow", "numpy", "pandas"] + (["numba", "llvmlite"] if model.trees is not None else [])
+    return [f"{name}=={version(name)}" for name in names]
 
 
 def _bundle(tmp: Path) -> tuple[Path, Path]:
@@ -144,7 +148,7 @@ def log_and_register(settings: Settings, model: ChurnModel, input_example: pd.Da
             signature=signature_for(model),
             input_example=example,
             registered_model_name=settings.churn_model_name,
-            pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(model),
             tags=tags,
         )
     mlflow_client = client(settings)

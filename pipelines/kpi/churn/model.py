@@ -14,8 +14,9 @@ index ``len(labels)``, Spark's ``StringIndexer(handleInvalid="keep")``). On top 
 JSON: parameters only, so reading a model never runs code. :meth:`ChurnModel.from_dict` checks every
 array before a model is built (sizes, indices, finite numbers, trees without cycles).
 
-This module imports only numpy, pandas and the standard library: it is bundled as it is into the
-MLflow pyfunc artefact (see :mod:`kpi.churn.mlflow_utils`), which therefore needs no ``kpi`` package.
+This module imports only numpy, pandas and the standard library (and numba when trees are first
+scored): it is bundled as it is into the MLflow pyfunc artefact (see :mod:`kpi.churn.mlflow_utils`), which
+therefore needs no ``kpi`` package.
 """
 
 from __future__ import annotations
