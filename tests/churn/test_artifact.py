@@ -167,11 +167,12 @@ def test_using_store_restores_the_previous_store_and_environment(tmp_path, monke
     before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     outer = f"sqlite:///{tmp_path / 'outer.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", outer)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", outer)
     first, second = store_settings(tmp_path / "a"), store_settings(tmp_path / "b")
     try:
+        # both set explicitly: an earlier test of this process may have set the registry URI already
         mlflow.set_tracking_uri(outer)
-        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        mlflow.set_registry_uri(outer)
         with using_store(first) as uri:
             assert uri == first.resolved_mlflow_uri
             assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == uri
@@ -179,7 +180,7 @@ def test_using_store_restores_the_previous_store_and_environment(tmp_path, monke
                 assert mlflow.get_tracking_uri() == second.resolved_mlflow_uri
             assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == uri
         assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == outer
-        assert os.environ["MLFLOW_TRACKING_URI"] == outer and "MLFLOW_REGISTRY_URI" not in os.environ
+        assert os.environ["MLFLOW_TRACKING_URI"] == os.environ["MLFLOW_REGISTRY_URI"] == outer
     finally:
         mlflow.set_tracking_uri(before[0])
         mlflow.set_registry_uri(before[1])
