@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -61,32 +60,42 @@ def user_inputs(fields, count: int, seed: int = 7) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="single-prediction latency of the dashboard's champion")
-    parser.add_argument("--iterations", type=int, default=5000)
-    parser.add_argument("--home", help="KPI_HOME holding the MLflow store (default: the settings')")
-    args = parser.parse_args(argv)
-    if args.home:
-        os.environ["KPI_HOME"] = str(Path(args.home).resolve())
+def champion_of(home: str | None):
+    """``(settings, champion, load_seconds)`` from the MLflow store of ``home`` (default: the settings').
+
+    Raises:
+        SystemExit: no store or no champion in it, with the message (the demo fills one).
+    """
+    if home:
+        os.environ["KPI_HOME"] = str(Path(home).resolve())
         os.environ.pop("MLFLOW_TRACKING_URI", None)
 
     from kpi.churn.registry import load_champion
     from kpi.dashboard.reports import StoreUnavailable, check_mlflow
-    from kpi.dashboard.scoring import form_fields, form_frame, score_one
+    from kpi.redaction import redact_url
     from kpi.settings import reload_settings
 
     settings = reload_settings()
     try:
         check_mlflow(settings)
     except StoreUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise SystemExit(f"error: {exc}") from None
     started = time.perf_counter()
     champ = load_champion(settings)
-    load_seconds = time.perf_counter() - started
     if champ is None:
-        print(f"error: no champion in {settings.resolved_mlflow_uri}; run `task demo` first", file=sys.stderr)
-        return 1
+        raise SystemExit(f"error: no champion in {redact_url(settings.resolved_mlflow_uri)}; run `task demo` first")
+    return settings, champ, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="single-prediction latency of the dashboard's champion")
+    parser.add_argument("--iterations", type=int, default=5000)
+    parser.add_argument("--home", help="KPI_HOME holding the MLflow store (default: the settings')")
+    args = parser.parse_args(argv)
+
+    from kpi.dashboard.scoring import form_fields, form_frame, score_one
+
+    _, champ, load_seconds = champion_of(args.home)
     fields = form_fields(champ.model.input_schema())
     inputs = user_inputs(fields, 500)
     frames = [form_frame(fields, v) for v in inputs]

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import streamlit as st
+from kpi.redaction import install_log_scrubbing
 
+# the server's log records (Streamlit, MLflow, botocore) never carry a credential of the environment
+install_log_scrubbing()
 # the pages import app_support from this folder whichever way the app is started (streamlit run, AppTest)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

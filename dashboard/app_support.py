@@ -12,6 +12,7 @@ from typing import Any
 
 import streamlit as st
 from kpi.dashboard.reports import StoreUnavailable
+from kpi.redaction import redact_url
 from kpi.settings import Settings, get_settings
 
 NO_CHAMPION = (
@@ -63,7 +64,8 @@ def champion(s: Settings | None = None):
         raise
     except Exception as exc:
         raise StoreUnavailable(
-            f"version {version} of `{s.churn_model_name}` could not be loaded from {uri}: {exc}"
+            f"version {version} of `{s.churn_model_name}` could not be loaded from {redact_url(uri)}:"
+            f" {s.redact(str(exc))}"
         ) from exc
 
 

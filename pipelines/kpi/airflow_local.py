@@ -73,42 +73,68 @@ def load_dag(dag_id: str, dags_folder: Path | None = None):
     return dag
 
 
+# The Airflow releases whose dag.test() internals use_one_warm_execution_api() was written against; pyproject.toml
+# pins apache-airflow to this range and tests/dags/test_execution_api.py fails loudly when the internals move.
+PATCHED_AIRFLOW = ">=3.2.2,<3.3"
+
+
+def ensure_jwt_secret() -> None:
+    """Give this process an ``[api_auth] jwt_secret`` when none is configured (configuration, no patching).
+
+    The in-process execution API builds a JWT validator on startup that refuses to generate a missing
+    secret and raises on a thread nobody watches: every task request then fails. As Airflow does for its
+    own components, use a random secret for this process; the environment variable too, since it outranks
+    ``conf.set`` and child processes inherit it.
+    """
+    from airflow.configuration import conf
+
+    if not conf.get("api_auth", "jwt_secret", fallback=""):
+        import secrets
+
+        secret = secrets.token_urlsafe(32)
+        os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secret
+        conf.set("api_auth", "jwt_secret", secret)
+
+
 _WARM_API = None
 
 
 def use_one_warm_execution_api(timeout: float = 60.0) -> None:
-    """Make dag.test() use one in-process execution API whose startup has finished.
+    """Make dag.test() use one in-process execution API that stays alive and has finished starting.
 
-    Airflow 3.2 builds a new in-process API per task and starts its lifespan without waiting for it;
-    on a busy machine the task's first request can arrive first and fail (``svcs_registry`` missing).
+    Why a patch (no supported API exists in Airflow 3.2): ``InProcessTestSupervisor._api_client`` builds an
+    ``InProcessExecutionAPI`` per task and keeps only its transport. The API object owns the exit stack of
+    the app's lifespan; when it is garbage-collected, the lifespan is closed and svcs removes
+    ``app.state.svcs_registry``, so the task's first request fails (``'State' object has no attribute
+    'svcs_registry'``). Replacing ``supervisor.in_process_api_server`` (the factory it calls) with one kept,
+    started API avoids that. The internals it relies on are checked first and by
+    tests/dags/test_execution_api.py, and apache-airflow is pinned to :data:`PATCHED_AIRFLOW`.
+
+    Raises:
+        RuntimeError: Airflow's internals are not the ones this was written against.
+        TimeoutError: the API did not finish starting within ``timeout`` seconds.
     """
     global _WARM_API
 
     from airflow.sdk.execution_time import supervisor
 
+    if not callable(getattr(supervisor, "in_process_api_server", None)):
+        import airflow
+
+        raise RuntimeError(
+            f"Airflow {airflow.__version__} has no airflow.sdk.execution_time.supervisor.in_process_api_server: "
+            f"kpi.airflow_local was written for apache-airflow{PATCHED_AIRFLOW}; check whether dag.test() still "
+            "needs use_one_warm_execution_api() (see its docstring) before widening the pin")
+    ensure_jwt_secret()
     if _WARM_API is None:
         from airflow.api_fastapi.execution_api.app import InProcessExecutionAPI
-        from airflow.configuration import conf
 
-        # The API's lifespan builds its JWT validator with make_secret_key_if_needed=False: with no
-        # [api_auth] jwt_secret configured it raises, the lifespan dies unseen on a2wsgi's loop and every
-        # task request then fails. Whether some earlier code of the process had already generated one
-        # decided whether dag.test() worked (it did alone, not after the rest of the test suite). As Airflow
-        # does elsewhere, use a random secret for this process when none is configured (the environment
-        # variable too: it outranks conf.set, and child processes inherit it).
-        if not conf.get("api_auth", "jwt_secret", fallback=""):
-            import secrets
-
-            secret = secrets.token_urlsafe(32)
-            os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secret
-            conf.set("api_auth", "jwt_secret", secret)
         api = InProcessExecutionAPI()
         api.transport  # noqa: B018 - starts the lifespan on a2wsgi's loop
         deadline = time.monotonic() + timeout
         while getattr(api.app.state, "svcs_registry", None) is None:
             if time.monotonic() > deadline:
-                raise TimeoutError("Airflow's in-process execution API did not start: "
-                                   + _lifespan_error(api))
+                raise TimeoutError("Airflow's in-process execution API did not start: " + _lifespan_error(api))
             time.sleep(0.05)
         _WARM_API = api
     supervisor.in_process_api_server = lambda: _WARM_API

@@ -7,6 +7,7 @@ import typer
 from kpi.churn.cli import app as churn_app
 from kpi.cli_support import json_command
 from kpi.crypto.cli import app as crypto_app
+from kpi.platform.cli import app as platform_app
 
 app = typer.Typer(
     help="KPI Platform: crypto validate-before-load ETL and churn MLOps. "
@@ -18,6 +19,7 @@ db_app = typer.Typer(help="Warehouse schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(crypto_app, name="crypto")
 app.add_typer(churn_app, name="churn")
+app.add_typer(platform_app, name="platform")
 
 
 @db_app.command("init")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from kpi.redaction import install_log_scrubbing, scrub
 
 
 def _default(o: Any) -> Any:
@@ -28,9 +31,9 @@ def _default(o: Any) -> Any:
 
 
 def emit(summary: dict) -> None:
-    """Print ``summary`` as the last line of stdout, as one JSON object."""
+    """Print ``summary`` as the last line of stdout, as one JSON object (known secrets scrubbed)."""
     sys.stdout.flush()
-    print(json.dumps(summary, default=_default, sort_keys=False), flush=True)
+    print(scrub(json.dumps(summary, default=_default, sort_keys=False)), flush=True)
 
 
 def json_command(fn: Callable[..., dict]) -> Callable[..., None]:
@@ -38,15 +41,18 @@ def json_command(fn: Callable[..., dict]) -> Callable[..., None]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        install_log_scrubbing()
         try:
             summary = fn(*args, **kwargs)
         except typer.Exit:
             raise
         except Exception as exc:  # noqa: BLE001 - the CLI boundary turns every failure into an exit code
-            if "--debug" in sys.argv or __import__("os").environ.get("KPI_DEBUG"):
-                traceback.print_exc()
-            print(f"error: {exc}", file=sys.stderr)
-            emit({"ok": False, "error": str(exc), "error_type": type(exc).__name__})
+            # third-party messages may carry a credential (MLflow names its whole URL): scrub known secrets
+            if "--debug" in sys.argv or os.environ.get("KPI_DEBUG"):
+                print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+            message = scrub(str(exc))
+            print(f"error: {message}", file=sys.stderr)
+            emit({"ok": False, "error": message, "error_type": type(exc).__name__})
             raise typer.Exit(code=1) from None
         summary = {"ok": True, **(summary or {})}
         emit(summary)

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from kpi.db import EmbeddedPostgres, init_db
+from kpi.db import EmbeddedPostgres, ensure_schema
 from kpi.settings import Settings, get_settings, reload_settings
 
 DEMO_PG_PORT = 55432
@@ -27,7 +27,8 @@ def local_services(settings: Settings | None = None) -> Iterator[Settings]:
         os.environ["KPI_DATABASE_URL"] = pg.start()
     try:
         settings = reload_settings()
-        init_db(settings.database_url, settings)
+        # a database that has seen this DDL is left alone, so a read-only role (JupyterLab's) can use it
+        ensure_schema(settings.database_url, settings)
         yield settings
     finally:
         if pg is not None:

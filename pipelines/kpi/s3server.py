@@ -29,13 +29,31 @@ class SeaweedS3:
     """``weed mini`` with an S3 endpoint, credentials and pre-created buckets."""
 
     def __init__(self, data_dir: Path, buckets: list[str], access_key: str = "kpi-test",
-                 secret_key: str = "kpi-test-secret-key") -> None:
+                 secret_key: str = "kpi-test-secret-key", s3_port: int | None = None,
+                 users: dict[str, str] | None = None) -> None:
+        """``access_key``/``secret_key`` are the admin's; ``users`` adds access key -> secret key identities
+        that may read, write, list and tag every bucket (what MinIO's `readwrite` policy grants)."""
         self.data_dir = Path(data_dir)
         self.buckets = buckets
         self.access_key = access_key
         self.secret_key = secret_key
-        self.s3_port = free_port()
+        self.users = users or {}
+        self.s3_port = s3_port or free_port()
         self.proc: subprocess.Popen | None = None
+
+    def _identities_file(self) -> Path:
+        """SeaweedFS's S3 identities (``-s3.config``): the admin and the read-write users."""
+        import json
+
+        identities = [{"name": "admin", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                       "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]
+        identities += [{"name": f"user-{i}", "credentials": [{"accessKey": key, "secretKey": secret}],
+                        "actions": ["Read", "Write", "List", "Tagging"]}
+                       for i, (key, secret) in enumerate(sorted(self.users.items()))]
+        path = self.data_dir / "s3-identities.json"
+        path.write_text(json.dumps({"identities": identities}))
+        path.chmod(0o600)
+        return path
 
     @property
     def endpoint_url(self) -> str:
@@ -57,6 +75,8 @@ class SeaweedS3:
             f"-webdav.port={ports['webdav']}", f"-admin.port={ports['admin']}",
             f"-admin.port.grpc={grpc['admin']}", "-debug.port=0",
         ]
+        if self.users:
+            cmd.append(f"-s3.config={self._identities_file()}")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         log = open(self.data_dir / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -12,8 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from kpi.redaction import SecretUrl, reveal
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret", "minioadmin", "admin"}
 
@@ -21,25 +23,35 @@ PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret", "minioadmi
 class Settings(BaseSettings):
     """Runtime configuration; the only difference between a laptop and a cluster."""
 
-    model_config = SettingsConfigDict(env_prefix="KPI_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a validation error would otherwise print the whole input, secrets included
+    model_config = SettingsConfigDict(env_prefix="KPI_", extra="ignore", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     env: Literal["dev", "test", "prod"] = Field("dev", description="Deployment environment.")
     home: Path = Field(Path(".kpi"), description="Local state of the embedded mode (Postgres, MLflow, storage).")
 
     # --- stores --------------------------------------------------------------------------------------
-    database_url: str | None = Field(
-        None, description="Warehouse URL (postgresql://...). Unset: demo and tests start an embedded Postgres."
+    database_url: SecretUrl | None = Field(
+        None, description="Warehouse URL (postgresql://user:password@host:port/db); shown with its password"
+                          " redacted, read it with kpi.db.database_url(). Unset: demo and tests start an embedded"
+                          " Postgres.",
     )
     storage_url: str | None = Field(
         None, description="Object storage root: file:///path or s3://bucket/prefix. Unset: <home>/storage."
     )
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, SeaweedFS); unset for AWS.")
-    aws_access_key_id: str | None = Field(None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
-    aws_secret_access_key: str | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
-    mlflow_tracking_uri: str | None = Field(
+    # the key id is half of a credential pair (and often a user name on MinIO): kept out of output too
+    aws_access_key_id: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"), description="S3 access key id (secret)."
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"), description="S3 secret key (secret)."
+    )
+    mlflow_tracking_uri: SecretUrl | None = Field(
         None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "KPI_MLFLOW_TRACKING_URI"),
-        description="MLflow tracking server or store. Unset: sqlite store under <home>.",
+        description="MLflow tracking server or store (a password in it is redacted when shown). Unset: sqlite"
+                    " store under <home>.",
     )
     sql_dir: Path | None = Field(None, description="Folder of the bootstrap DDL; unset: the repository's sql/.")
 
@@ -97,6 +109,11 @@ class Settings(BaseSettings):
         0.3, ge=0.0, le=1.0, description="Share of drifted features that triggers retraining."
     )
     churn_data_url: str | None = Field(None, description="Where the five churn source CSVs live.")
+    churn_max_bad_row_share: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="Largest share of a churn source file's rows that may break a validation rule (they are"
+                    " quarantined) before training, scoring and drift refuse the sources.",
+    )
     # --- churn operations (drift, watchdog, Spark submission) ----------------------------------------------
     churn_drift_engine: Literal["auto", "pandas", "spark"] = Field(
         "auto", description="How drift builds current features: auto (pandas for small sources), pandas, spark."
@@ -109,6 +126,15 @@ class Settings(BaseSettings):
     spark_driver_memory: str = Field("1g", description="Driver memory (kubernetes backend).")
     spark_executor_memory: str = Field("1g", description="Executor memory (kubernetes backend).")
     spark_executor_instances: int = Field(1, ge=1, description="Executors (kubernetes backend).")
+    spark_driver_cores_request: str = Field(
+        "400m", pattern=r"^[0-9.]+m?$", description="CPU the driver pod requests (Kubernetes quantity)."
+    )
+    spark_executor_cores_request: str = Field(
+        "500m", pattern=r"^[0-9.]+m?$", description="CPU each executor pod requests (Kubernetes quantity)."
+    )
+    spark_memory_overhead: str = Field(
+        "512m", pattern=r"^[0-9]+[kmgt]?$", description="Off-heap memory of each Spark pod (pod = heap + this)."
+    )
     spark_s3_secret: str = Field(
         "kpi-s3-credentials", description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for Spark pods."
     )
@@ -126,6 +152,14 @@ class Settings(BaseSettings):
     dashboard_connect_timeout_seconds: float = Field(
         3.0, gt=0, description="Time the dashboard waits for a store before saying it is unreachable."
     )
+    dashboard_max_upload_mb: int = Field(
+        50, ge=1, le=1024,
+        description="Largest CSV the batch page accepts, per file, in MB: checked by the page and passed to"
+                    " Streamlit as server.maxUploadSize (the dashboard chart sets both from one value).",
+    )
+    dashboard_max_upload_rows: int = Field(
+        1_000_000, ge=1, description="Most data rows the batch page reads from one uploaded file."
+    )
 
     @field_validator("crypto_allowed_sites", "crypto_allowed_cryptos", "churn_model_families", mode="before")
     @classmethod
@@ -141,7 +175,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_placeholder_secrets_outside_dev(self) -> "Settings":
         if self.env == "prod":
-            secret = self.aws_secret_access_key
+            secret = reveal(self.aws_secret_access_key)
             if secret is not None and secret.lower() in PLACEHOLDER_SECRETS:
                 raise ValueError("AWS_SECRET_ACCESS_KEY is a placeholder; set a real secret in prod")
             if self.database_url is None:
@@ -159,7 +193,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_mlflow_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+        """The tracking URI to connect with (credentials included): print :func:`kpi.redaction.redact_url` of it."""
+        return reveal(self.mlflow_tracking_uri) or f"sqlite:///{self.home_dir / 'mlflow.db'}"
 
     @property
     def resolved_sql_dir(self) -> Path:
@@ -175,9 +210,35 @@ class Settings(BaseSettings):
         if self.s3_endpoint_url:
             opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint_url}
         if self.aws_access_key_id:
-            opts["key"] = self.aws_access_key_id
-            opts["secret"] = self.aws_secret_access_key
+            opts["key"] = reveal(self.aws_access_key_id)
+            opts["secret"] = reveal(self.aws_secret_access_key)
         return opts
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret of these settings and of the environment replaced by ``***``."""
+        from kpi.redaction import scrub, secret_values
+
+        return scrub(text, secret_values(extra=[self.database_url, self.mlflow_tracking_uri,
+                                                self.aws_secret_access_key]))
+
+    def store_environment(self) -> dict[str, str]:
+        """Environment variables that point a child process at the same stores, credentials included.
+
+        For subprocesses only (``streamlit run``, ``spark-submit``): never print or log the result.
+        """
+        env = {
+            "KPI_HOME": str(self.home_dir),
+            "KPI_STORAGE_URL": self.resolved_storage_url,
+            "MLFLOW_TRACKING_URI": self.resolved_mlflow_uri,
+        }
+        optional = {
+            "KPI_DATABASE_URL": reveal(self.database_url),
+            "KPI_S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "AWS_ACCESS_KEY_ID": reveal(self.aws_access_key_id),
+            "AWS_SECRET_ACCESS_KEY": reveal(self.aws_secret_access_key),
+        }
+        env.update({k: v for k, v in optional.items() if v})
+        return env
 
 
 @lru_cache(maxsize=1)

@@ -16,17 +16,32 @@ from .platform import NAMESPACE, ROOT, load_values, objects, render
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 
 # check id -> (resource names it may fail on, or None for all) and why we accept it
+AIRFLOW = {"kpi-api-server", "kpi-scheduler", "kpi-dag-processor", "kpi-triggerer", "kpi-run-airflow-migrations"}
+OPERATOR = {"kpi-spark-operator-controller", "kpi-spark-operator-webhook"}
 ALLOWLIST = {
     "CKV_K8S_43": (None, ("image digests: our images are built and `kind load`ed locally, upstream ones are "
                           "pinned to immutable release tags; a registry digest exists only once images are pushed")),
     "CKV_K8S_15": (None, ("imagePullPolicy Always would make kind pull images that exist only on the node "
                           "(Never/IfNotPresent with pinned tags instead)")),
-    "CKV_K8S_35": (None, ("secrets as env vars: kpi Settings, boto3, MLflow and the postgres image read their "
-                          "credentials from the environment by design; values come from Secrets, never inline")),
-    "CKV2_K8S_6": ({"kpi-mlflow", "kpi-dashboard", "kpi-db-bootstrap-1", "kpi-minio-bootstrap-1"},
-                   ("NetworkPolicies guard the data stores (Postgres, MinIO) as the design asks; MLflow and the "
-                    "dashboard are ClusterIP services reached by port-forward, the Jobs are clients only")),
-    "CKV_K8S_40": ({"kpi-postgres"}, "the official postgres image owns its files as uid 999"),
+    "CKV_K8S_35": (None, ("secrets as env vars: kpi Settings, boto3, MLflow, Airflow and the postgres image read "
+                          "their credentials from the environment by design; values come from Secrets, never inline")),
+    "CKV2_K8S_6": ({"kpi-mlflow", "kpi-dashboard", "kpi-db-bootstrap-1", "kpi-minio-bootstrap-1", *AIRFLOW, *OPERATOR},
+                   ("NetworkPolicies guard the data stores (Postgres, MinIO) as the design asks; the other pods are "
+                    "clients or ClusterIP services reached by port-forward")),
+    "CKV_K8S_40": ({"kpi-postgres", *OPERATOR}, ("the official postgres image owns its files as uid 999, the Spark "
+                                                 "operator image runs as its own uid 185")),
+    "CKV_K8S_38": (AIRFLOW | OPERATOR, ("the Airflow chart sets automountServiceAccountToken on the ServiceAccounts "
+                                        "(false for dag-processor, triggerer and migrations: test_umbrella), checkov reads "
+                                        "only pod specs; the scheduler (KubernetesExecutor), the API server (logs of "
+                                        "running pods) and the Spark operator need their tokens")),
+    "CKV_K8S_22": (AIRFLOW, ("the Airflow chart mounts no writable /tmp for its components, which write under their "
+                             "home; every other container has a read-only root filesystem (test_umbrella)")),
+    "CKV_K8S_8": ({"kpi-scheduler", "kpi-dag-processor", "kpi-triggerer"},
+                  "the chart's log-groomer sidecars (a loop deleting old local log files) have no probes"),
+    "CKV_K8S_9": ({"kpi-scheduler", "kpi-dag-processor", "kpi-triggerer"},
+                  "no readiness probe: these processes and their log groomers serve no traffic"),
+    "CKV_K8S_155": ({"kpi-spark-operator-webhook"}, ("the Spark operator's webhook manages its own webhook "
+                                                     "configurations (upstream design)")),
 }
 
 
@@ -63,6 +78,6 @@ def test_checkov_fails_nothing_outside_the_allowlist(checkov_report):
 
 
 def test_the_allowlist_is_short_and_every_entry_is_still_needed(checkov_report):
-    assert len(ALLOWLIST) <= 6
+    assert len(ALLOWLIST) <= 10
     failing = {f["check_id"] for f in checkov_report["results"]["failed_checks"]}
     assert set(ALLOWLIST) <= failing, f"allowlisted checks that now pass: {set(ALLOWLIST) - failing}"

@@ -56,6 +56,15 @@ def test_kind_smoke_workflow_passes_actionlint_and_runs_the_tasks():
     assert "task cluster-up" in text and "task smoke" in text
 
 
+def test_smoke_runs_on_kind_by_default_and_on_the_local_platform_with_target_local():
+    tasks = yaml.safe_load((ROOT / "taskfiles" / "cluster.yml").read_text())["tasks"]
+    assert tasks["smoke"]["vars"]["TARGET"] == '{{.TARGET | default "kind"}}'
+    assert "--target {{.TARGET}}" in tasks["smoke"]["cmds"][0]
+    platform = yaml.safe_load((ROOT / "taskfiles" / "platform.yml").read_text())["tasks"]
+    assert platform["platform-up"]["cmds"] == ["{{.ROOT_DIR}}/.venv/bin/kpi platform up {{.CLI_ARGS}}"]
+    assert "kpi platform down" in platform["platform-down"]["cmds"][0]
+
+
 def test_smoke_script_checks_the_five_promises():
     source = (ROOT / "scripts" / "smoke.py").read_text()
     for promise in ("prod.bt_crypto_events", "sparkapplications", "alias=champion", "drift-reports", "_stcore/health"):
@@ -65,3 +74,15 @@ def test_smoke_script_checks_the_five_promises():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "smoke.py"), "--help"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "--namespace" in result.stdout
+
+
+def test_deploy_lets_helm_run_the_migrations_hook_and_waits_for_the_pods_itself():
+    """`helm upgrade --wait` would run the Airflow chart's post-install migrations hook only once every pod is
+    ready, while the Airflow pods wait for those migrations: a deadlock until the timeout."""
+    tasks = yaml.safe_load((ROOT / "taskfiles" / "cluster.yml").read_text())["tasks"]
+    commands = [str(c) for c in tasks["deploy"]["cmds"]]
+    upgrade = next(c for c in commands if "helm upgrade --install" in c)
+    assert "--wait" not in upgrade and "--timeout" in upgrade
+    assert any("kubectl" in c and "wait --for=condition=Ready" in c for c in commands[commands.index(upgrade):])
+    values = yaml.safe_load((ROOT / "charts" / "kpi-platform" / "values.yaml").read_text())
+    assert values["airflow"]["migrateDatabaseJob"]["useHelmHooks"] is True

@@ -15,7 +15,7 @@ from .platform import RELEASE
 
 @pytest.fixture(scope="module")
 def empty_postgres():
-    """A fresh Postgres server (trust auth, superuser `postgres`), like the image's temporary init server."""
+    """A fresh Postgres server (superuser `postgres`, its generated password), like the image's init server."""
     from kpi.db import EmbeddedPostgres
 
     base = Path(tempfile.mkdtemp(prefix="kpi-test-pginit-"))
@@ -41,8 +41,10 @@ def _run_init(manifests, server, tmp_path) -> subprocess.CompletedProcess:
     # the ConfigMap mounts at /opt/kpi/sql-init in the pod; here it is a temporary folder
     script.write_text(init["data"]["10-databases.sh"].replace("/opt/kpi/sql-init", str(sql_dir)))
     env = {**os.environ, "POSTGRES_USER": "postgres", "PGHOST": "127.0.0.1", "PGPORT": str(server.port),
+           "PGPASSWORD": server.password,
            "PATH": f"{server.bindir}{os.pathsep}{os.environ['PATH']}",
-           "DB_PASSWORD_0": "kpi-pw", "DB_PASSWORD_1": "airflow-pw", "DB_PASSWORD_2": "mlflow-pw"}
+           "DB_PASSWORD_0": "kpi-pw", "DB_PASSWORD_1": "airflow-pw", "DB_PASSWORD_2": "mlflow-pw",
+           "DB_READER_PASSWORD_0": "reader-pw"}
     return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
 
 
@@ -51,8 +53,7 @@ def test_init_script_creates_the_three_databases_and_the_warehouse_owned_by_kpi(
 
     result = _run_init(manifests, empty_postgres, tmp_path)
     assert result.returncode == 0, result.stderr
-    admin = f"postgresql://postgres@127.0.0.1:{empty_postgres.port}"
-    with psycopg.connect(f"{admin}/postgres") as conn:
+    with psycopg.connect(empty_postgres.url_for("postgres")) as conn:
         owners = dict(conn.execute(
             "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba"
             " WHERE d.datname IN ('kpi', 'airflow', 'mlflow')").fetchall())
@@ -61,7 +62,7 @@ def test_init_script_creates_the_three_databases_and_the_warehouse_owned_by_kpi(
         ).fetchall())
     assert owners == {"kpi": "kpi", "airflow": "airflow", "mlflow": "mlflow"}
     assert secrets == {"kpi": True, "airflow": True, "mlflow": True}
-    with psycopg.connect(f"{admin}/kpi") as conn:
+    with psycopg.connect(empty_postgres.url_for("kpi")) as conn:
         schemas = dict(conn.execute(
             "SELECT n.nspname, r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner"
             " WHERE n.nspname IN ('raw', 'staging', 'prod', 'dqm')").fetchall())
@@ -85,4 +86,26 @@ def test_the_bootstrap_job_can_reapply_the_ddl_as_the_warehouse_role(manifests, 
     assert _run_init(manifests, empty_postgres, tmp_path).returncode == 0
     job = next(o for o in manifests["local"] if o["kind"] == "Job" and o["metadata"]["name"].startswith(f"{RELEASE}-db-bootstrap"))
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["kpi", "db", "init"]
-    init_db(f"postgresql://kpi@127.0.0.1:{empty_postgres.port}/kpi")
+    init_db(f"postgresql://kpi:kpi-pw@127.0.0.1:{empty_postgres.port}/kpi")  # DB_PASSWORD_0 of _run_init
+
+
+def test_the_reader_role_can_read_the_warehouse_and_nothing_more(manifests, empty_postgres, tmp_path):
+    """JupyterLab connects as kpi_reader: SELECT on every warehouse table, now and after later DDL."""
+    import psycopg
+
+    from kpi.db import init_db
+
+    assert _run_init(manifests, empty_postgres, tmp_path).returncode == 0
+    init_db(f"postgresql://kpi:kpi-pw@127.0.0.1:{empty_postgres.port}/kpi")  # the bootstrap Job, as the owner
+    with psycopg.connect(empty_postgres.url_for("kpi"), autocommit=True) as conn:
+        conn.execute("SET ROLE kpi")
+        conn.execute("CREATE TABLE IF NOT EXISTS prod.later_table (x int)")  # DDL of a later version
+        conn.execute("SET ROLE kpi_reader")
+        assert conn.execute("SELECT count(*) FROM prod.bt_crypto_events").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM prod.later_table").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM prod.bt_crypto_events")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE prod.by_reader (x int)")
+        conn.execute("RESET ROLE")
+        conn.execute("DROP TABLE prod.later_table")

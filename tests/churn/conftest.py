@@ -6,6 +6,8 @@
   changing a file). A :class:`ChurnData` with ``url`` (local folder), ``as_of``, ``cutoff``
   (= as_of - 60 days), ``users``, ``seed`` and ``summary`` (the simulator's JSON summary, including
   ``oracle_auc``). OUTCOMES.csv in the folder holds the true next-60-day outcome after ``as_of``.
+- a private ``KPI_HOME`` / ``KPI_STORAGE_URL`` for the whole session (autouse): reading sources validates
+  them and stores the outcome there.
 - ``copy_sources(dest)``: a helper fixture that copies ``churn_data`` into ``dest`` and returns the path,
   for tests that break or change a file.
 - ``trained``: one real training run (job.py under spark-submit) on ``churn_data``, shared by the model tests.
@@ -46,6 +48,30 @@ class ChurnData:
     @property
     def cutoff(self) -> dt.date:
         return self.as_of - dt.timedelta(days=60)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_storage(tmp_path_factory):
+    """A private KPI home for the session: validation stores its outcome under KPI_STORAGE_URL (never the checkout).
+
+    Tests that need their own stores still use ``kpi_env`` or explicit ``Settings``.
+    """
+    from kpi.settings import reload_settings
+
+    home = tmp_path_factory.mktemp("kpi-session-home")
+    keys = ("KPI_HOME", "KPI_STORAGE_URL", "MLFLOW_TRACKING_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["KPI_HOME"] = str(home)
+    os.environ["KPI_STORAGE_URL"] = (home / "storage").as_uri()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    reload_settings()
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reload_settings()
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,41 @@ def feature_frames(churn_data, tmp_path_factory):
         "same": scoring_set_pandas(str(same_dir), later),
         "shifted": scoring_set_pandas(str(shifted_dir), later),
         "shifted_url": str(shifted_dir),
+        "same_url": str(same_dir),
         "later": later,
     }
+
+
+def test_new_users_without_a_change_in_behaviour_are_not_drift(churn_data, feature_frames, tmp_path):
+    """Like with like: users who joined and left no trace yet are outside the reference, and outside the
+    current side too (the training population's eligibility rule at the monitoring date)."""
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+    from kpi.churn.drift import compare_features, current_features
+    from kpi.churn.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, scoring_set_pandas
+    from kpi.churn.sources import ID
+    from kpi.settings import get_settings
+
+    folder = Path(shutil.copytree(feature_frames["same_url"], tmp_path / "grown"))
+    users = pd.read_csv(folder / "DEMOGRAFICOS.csv", dtype=str, keep_default_na=False)
+    joined = users.sample(frac=0.5, random_state=3).copy()  # the same kind of people, just registered
+    joined[ID] = [str(900_000_000 + i) for i in range(len(joined))]
+    pd.concat([users, joined]).to_csv(folder / "DEMOGRAFICOS.csv", index=False)
+
+    later = feature_frames["later"]
+    current, _ = current_features(get_settings(), str(folder), later, engine="pandas")
+    # every earlier user has left a trace by now; none of the newcomers has
+    assert set(current[ID]) == set(users[ID].astype(int))
+
+    def compare(frame):
+        return compare_features(feature_frames["reference"], frame, threshold=0.3,
+                                numerical=NUMERIC_FEATURES, categorical=CATEGORICAL_FEATURES)
+
+    assert not compare(current).drift_detected
+    # every user of the base, as the current side used to be: the newcomers alone look like drift
+    assert compare(scoring_set_pandas(str(folder), later)).drift_detected
 
 
 def _compare(frames, name):
@@ -169,4 +202,4 @@ def test_cli_drift_names_a_missing_source_file(kpi_env, tmp_path):
     out = CliRunner().invoke(app, ["churn", "drift", "--data", str(tmp_path), "--as-of", "2024-06-30"])
     assert out.exit_code == 1
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["ok"] is False and "PAYMENTS.csv is missing" in summary["error"]
+    assert summary["ok"] is False and "PAYMENTS.csv: file is missing" in summary["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from kpi.churn import features as F
-from kpi.churn.sources import ID, SNAPSHOT_DATE, SOURCE_COLUMNS, SOURCE_FILES
+from kpi.churn.sources import ID, SNAPSHOT_DATE, SNAPSHOT_SOURCES, SOURCE_COLUMNS, SOURCE_FILES
 
 CUTOFF = dt.date(2024, 3, 1)
 AS_OF = CUTOFF + dt.timedelta(days=60)
@@ -26,7 +27,10 @@ def write_sources(folder: Path, rows: dict[str, list[dict]], dated: tuple[str, .
     folder.mkdir(parents=True, exist_ok=True)
     for source, name in SOURCE_FILES.items():
         columns = SOURCE_COLUMNS[source] + ([SNAPSHOT_DATE] if source in dated else [])
-        pd.DataFrame(rows.get(source, []), columns=columns).to_csv(folder / name, index=False)
+        frame = pd.DataFrame(rows.get(source, []), columns=columns)
+        if source in SNAPSHOT_SOURCES and source not in dated:
+            frame = frame.drop_duplicates(ID, keep="last")  # the original shape: one snapshot, one row per user
+        frame.to_csv(folder / name, index=False)
     return str(folder)
 
 
@@ -74,7 +78,7 @@ def tiny_sources(folder: Path, dated=("active_user", "marketplace")) -> str:
             },
             {
                 ID: 1,
-                "MAU_MP_1": 99,
+                "MAU_MP_1": 31,
                 "MAU_ML_1": 9,
                 "MAU_ML_2": 2,
                 "last_login_mp_date_1": day(20),
@@ -209,6 +213,10 @@ def test_training_population_excludes_users_unknown_before_the_cutoff(spark, tmp
     # without any dated snapshot table, the whole user base is the population
     undated = tiny_sources(tmp_path / "undated", dated=())
     assert sorted(F.training_set_pandas(undated, AS_OF)[ID]) == [1, 2, 3]
+    # drift's current side follows the same rule at its own date: at CUTOFF, user 2 is not known yet
+    for frame in (F.monitoring_set_spark(spark, url, CUTOFF).toPandas(), F.monitoring_set_pandas(url, CUTOFF)):
+        assert sorted(frame[ID].astype(int)) == [1, 3] and list(frame.columns) == [ID, *F.FEATURE_COLUMNS]
+    assert sorted(F.scoring_set_pandas(url, CUTOFF)[ID]) == [1, 2, 3]
 
 
 def test_dated_snapshot_after_cutoff_and_undated_snapshots_are_not_used(tmp_path):
@@ -228,6 +236,47 @@ def test_dated_snapshot_after_cutoff_and_undated_snapshots_are_not_used(tmp_path
     assert undated["investment_status"].isna().all()
     # static attributes stay usable
     assert _by_id(undated)[1]["card_type"] == "GOLD"
+
+
+def test_the_time_policy_leaves_out_unavailable_features_and_says_why(tmp_path):
+    undated = F.read_sources_pandas(tiny_sources(tmp_path / "undated", dated=()))
+    features = F.available_features(undated, CUTOFF)
+    assert set(features.dropped) == {*F.SNAPSHOT_FEATURES, "investment_status"}
+    assert features.columns == [c for c in F.FEATURE_COLUMNS if c not in features.dropped]
+    assert "age" in features.numeric and "card_type" in features.categorical
+    assert features.dropped["mau_mp_1"].startswith("ACTIVE_USER.csv has no SNAPSHOT_DATE")
+    assert features.dropped["investment_status"].startswith("DINERO_CUENTA.csv has no SNAPSHOT_DATE")
+    tags = features.tags()
+    assert tags["features_used"].split(",") == features.columns
+    assert json.loads(tags["features_dropped"]) == features.dropped
+    # dated tables: usable when a snapshot is dated on or before the cutoff (ACTIVE_USER's earliest is
+    # 30 days before it), left out when every snapshot is later (with the earliest date in the reason)
+    dated = F.read_sources_pandas(tiny_sources(tmp_path / "dated", dated=("active_user", "dinero_cuenta", "marketplace")))
+    assert F.available_features(dated, CUTOFF).dropped == {}
+    early = CUTOFF - dt.timedelta(days=31)
+    dropped = F.available_features(dated, early).dropped
+    assert {"mau_mp_1", "plata_cuenta_1"} <= set(dropped) and "spent_ml" not in dropped  # MARKETPLACE: day -40
+    assert dropped["mau_mp_1"] == (f"ACTIVE_USER.csv has no snapshot dated on or before the cutoff {early}"
+                                   f" (earliest {day(-30)}) (time policy 2)")
+
+
+@pytest.mark.slow
+def test_a_payment_without_an_amount_is_left_out_not_counted_as_zero(spark, tmp_path):
+    from kpi.settings import Settings
+
+    url = tiny_sources(tmp_path / "src")
+    path = Path(url) / "PAYMENTS.csv"
+    # user 1 pays 3 days before the cutoff, but SPENT is empty: under a PERMISSIVE CSV read this was NULL,
+    # then 0.0, and the payment counted
+    path.write_text(path.read_text() + f"{day(-3)},S5,1,,Instore,0.0\n")
+    settings = Settings(env="test", home=tmp_path / "home", storage_url=(tmp_path / "storage").as_uri(),
+                        churn_max_bad_row_share=0.5)
+    sp = F.build_features_spark(F.read_sources_spark(spark, url, settings), CUTOFF).toPandas()
+    pdf = F.build_features_pandas(F.read_sources_pandas(url, settings), CUTOFF)
+    for frame in (sp, pdf):
+        row = _by_id(frame)[1]
+        for name in ("pay_count_30d", "pay_count_120d", "days_since_last_payment", "avg_ticket_120d"):
+            _assert_value(name, row[name], EXPECTED_USER_1[name])
 
 
 def _perturb_future(folder: Path, cutoff: dt.date, seed: int = 0) -> None:
@@ -255,7 +304,9 @@ def _perturb_future(folder: Path, cutoff: dt.date, seed: int = 0) -> None:
         numeric = [
             c for c in snap.columns if c not in (ID, SNAPSHOT_DATE) and pd.api.types.is_numeric_dtype(snap[c])
         ]
-        snap.loc[later, numeric] = snap.loc[later, numeric] * 3 + 1
+        for c in numeric:  # different values, still valid ones (validation would leave out invalid rows)
+            changed = 31 - snap.loc[later, c] if c.startswith("MAU_") else snap.loc[later, c] * 3 + 1
+            snap.loc[later, c] = changed
         snap.to_csv(folder / name, index=False)
 
 

@@ -105,3 +105,37 @@ def test_run_inputs_prefer_params_then_the_newest_event_then_settings():
     assert training_inputs(settings, {"as_of": "2025-02-15"}, events, day)["as_of"] == "2025-02-15"
     with pytest.raises(ValueError, match="as_of must be YYYY-MM-DD"):
         training_inputs(settings, {"as_of": "yesterday"}, [], day)
+
+
+def test_a_failed_job_reports_its_own_error_first_and_a_short_log_tail():
+    import json
+
+    from kpi.churn.spark_submit import LOG_TAIL_CHARS, job_failure
+
+    chatter = "\n".join(f"26/12/03 09:00:{i % 60:02d} INFO DAGScheduler: stage {i} finished" for i in range(400))
+    stderr = chatter + "\n26/12/03 09:01:00 WARN TaskSetManager: Lost task 0.0\n" + chatter
+    stdout = "training...\n" + json.dumps({"ok": False, "error_type": "ValueError",
+                                           "error": "training set for as_of 2020-01-01 has 0 rows"})
+    failure = job_failure(1, stdout, stderr)
+    assert str(failure).startswith("ValueError: training set for as_of 2020-01-01 has 0 rows\n")
+    assert failure.job_error_type == "ValueError" and failure.job_error.endswith("has 0 rows")
+    assert "WARN TaskSetManager: Lost task 0.0" in failure.log_tail and " INFO " not in failure.log_tail
+    assert len(failure.log_tail) <= LOG_TAIL_CHARS and len(str(failure)) < 2 * LOG_TAIL_CHARS
+    # a job that died before printing its result: the last exception of its log is the error
+    crashed = job_failure(1, "", chatter + "\nTraceback (most recent call last):\n  File x\nMemoryError: out of memory\n")
+    assert str(crashed).startswith("MemoryError: out of memory\n")
+    assert str(job_failure(137, "", chatter)).startswith("spark-submit exited with 137 and the job reported no error")
+
+
+@pytest.mark.slow
+def test_a_spark_error_is_described_by_its_java_exception_and_root_cause(spark, tmp_path):
+    from kpi.churn.spark_submit import describe_job_error
+
+    broken = tmp_path / "PAYMENTS.parquet"
+    broken.write_bytes(b"this is not parquet")
+    with pytest.raises(Exception) as caught:
+        spark.read.parquet(str(broken)).count()
+    error = describe_job_error(caught.value)
+    assert error["error_type"] == "SparkException"
+    assert "caused by RuntimeException:" in error["error"] and "PAYMENTS.parquet is not a Parquet file" in error["error"]
+    assert "\tat " not in error["error"] and "at org.apache" not in error["error"]

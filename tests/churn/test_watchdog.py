@@ -106,3 +106,107 @@ def test_a_corrupt_state_file_is_reported_and_left_alone(kpi_env):
     storage.write_text(state_url(kpi_env), json.dumps([1, 2]), kpi_env)
     with pytest.raises(ValueError, match="must be a JSON object"):
         load_state(kpi_env)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Concurrent runs: the state is recorded with a compare-and-swap, so one change fires once.
+# --------------------------------------------------------------------------------------------------------
+
+RACER = """
+import json, os, sys, time
+from pathlib import Path
+from kpi.churn.watchdog import watch
+from kpi.settings import get_settings
+settings = get_settings()
+go = Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.005)
+print(json.dumps(watch(settings, sys.argv[1], claimed_by=sys.argv[3])), flush=True)
+"""
+
+
+def _race(data_url: str, tmp_path, runs: int, tag: str) -> list[dict]:
+    """``runs`` watchdog processes released at one instant over the same sources; their results."""
+    import subprocess
+    import sys
+
+    go = tmp_path / f"go-{tag}"
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, data_url, str(go), f"{tag}-run-{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(runs)]
+    for proc in procs:  # every racer has imported everything before the start
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    go.touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_two_runs_that_both_saw_one_change_record_and_announce_it_once(backend, request):
+    """The interleaving that lost updates: both check before either commits."""
+    settings = request.getfixturevalue("kpi_env" if backend == "file" else "s3_env")
+    data_url = storage.join(settings.resolved_storage_url, "churn", "sources")
+    _write_sources(settings, data_url)
+    first, second = check_sources(settings, data_url), check_sources(settings, data_url)
+    assert first["changed"] and second["changed"]  # both saw it...
+    assert commit(settings, first) is True
+    assert commit(settings, second) is False  # ...only one record holds
+    again = watch(settings, data_url)  # what the loser does next: look again
+    assert not again["changed"] and again["data_version"] == first["data_version"]
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_concurrent_watchdog_processes_fire_exactly_once_per_change(backend, request, tmp_path):
+    settings = request.getfixturevalue("kpi_env" if backend == "file" else "s3_env")
+    data_url = storage.join(settings.resolved_storage_url, "churn", "sources")
+    for round_no in range(3):
+        _write_sources(settings, data_url, f"v{round_no}")
+        results = _race(data_url, tmp_path, runs=4, tag=f"r{round_no}")
+        fired = [r for r in results if r["changed"]]
+        assert len(fired) == 1, results
+        assert {r["data_version"] for r in results} == {fired[0]["data_version"]}
+    assert load_state(settings)[data_url]["data_version"] == fired[0]["data_version"]
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_a_location_recorded_by_another_run_meanwhile_does_not_block_this_one(backend, request):
+    settings = request.getfixturevalue("kpi_env" if backend == "file" else "s3_env")
+    a = storage.join(settings.resolved_storage_url, "a")
+    b = storage.join(settings.resolved_storage_url, "b")
+    _write_sources(settings, a, "a")
+    _write_sources(settings, b, "b")
+    check_a = check_sources(settings, a)
+    assert watch(settings, b)["changed"]  # the state object changed under check_a...
+    assert commit(settings, check_a) is True  # ...but not its location: the write is retried, both kept
+    assert set(load_state(settings)) == {a, b}
+
+
+def test_a_retried_run_announces_its_own_recorded_change_again(kpi_env):
+    data_url = storage.join(kpi_env.resolved_storage_url, "src")
+    _write_sources(kpi_env, data_url)
+    first = watch(kpi_env, data_url, claimed_by="manual__1")
+    retry = watch(kpi_env, data_url, claimed_by="manual__1")  # committed, then failed before its event
+    other = watch(kpi_env, data_url, claimed_by="scheduled__2")
+    assert first["changed"] and not first["redelivered"]
+    assert retry["changed"] and retry["redelivered"] and retry["changed_files"] == first["changed_files"]
+    assert not other["changed"]
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_conditional_write_refuses_a_stale_version_and_a_second_create(backend, request):
+    settings = request.getfixturevalue("kpi_env" if backend == "file" else "s3_env")
+    url = storage.join(settings.resolved_storage_url, "cas", "doc.json")
+    assert storage.read_versioned(url, settings) == (None, None)
+    storage.write_if_unchanged(url, b"one", None, settings)
+    with pytest.raises(storage.WriteConflict):
+        storage.write_if_unchanged(url, b"two", None, settings)  # created meanwhile
+    data, version = storage.read_versioned(url, settings)
+    assert data == b"one"
+    storage.write_if_unchanged(url, b"two", version, settings)
+    with pytest.raises(storage.WriteConflict):
+        storage.write_if_unchanged(url, b"three", version, settings)  # changed since read
+    assert storage.read_versioned(url, settings)[0] == b"two"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import psycopg
 import pytest
+from kpi.db import connect
 
 HEADER = "SITE_ID,USER_ID,PURCHASE_DATE,CRYPTO_TYPE,PURCHASE_PRICE,PURCHASE_UNITS"
 CRYPTO_TABLES = ("raw.bt_crypto_transaction_history", "raw.crypto_ingest_batches",
@@ -26,19 +26,20 @@ def write_extract(folder: Path, extract_date: dt.date, lines: list[str], header:
     return path
 
 
-def prod_snapshot(url: str) -> list[tuple]:
+def prod_snapshot(url) -> list[tuple]:
     """Every prod row with every column (timestamps included: an untouched row keeps them)."""
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         return conn.execute("SELECT * FROM prod.bt_crypto_events ORDER BY 1, 2, 3, 4").fetchall()
 
 
-def query(url: str, sql: str, params=None) -> list[tuple]:
-    with psycopg.connect(url) as conn:
+def query(url, sql: str, params=None) -> list[tuple]:
+    """Rows of ``sql`` on ``url`` (a plain URL or the settings' secret one)."""
+    with connect(url) as conn:
         return conn.execute(sql, params).fetchall()
 
 
-def clean_crypto_tables(url: str) -> None:
-    with psycopg.connect(url) as conn:
+def clean_crypto_tables(url) -> None:
+    with connect(url) as conn:
         conn.execute(f"TRUNCATE {', '.join(CRYPTO_TABLES)} RESTART IDENTITY CASCADE")
         conn.execute("DELETE FROM dqm.dq_runs WHERE pipeline = 'crypto_events'")
 

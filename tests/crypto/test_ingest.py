@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-import psycopg
 import pytest
+from kpi.db import connect
 
 from tests.conftest import reference_file
 from tests.crypto.conftest import query
@@ -83,5 +83,5 @@ def test_ingest_streams_from_object_storage(crypto_env, s3_server, monkeypatch):
     write_bytes(url, seed.read_bytes(), settings)
     result = ingest_file(url, settings=settings)
     assert result["rows"] == 12 and result["extract_date"] == dt.date(2023, 2, 1)
-    with psycopg.connect(settings.database_url) as conn:
+    with connect(settings.database_url) as conn:
         assert conn.execute("SELECT count(*), min(source) FROM raw.bt_crypto_transaction_history").fetchone() == (12, url)

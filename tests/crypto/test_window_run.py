@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-import psycopg
 import pytest
+from kpi.db import connect
 
 from tests.crypto.conftest import clean_crypto_tables, dmy, prod_snapshot, query, write_extract
 
@@ -103,7 +103,7 @@ def test_backfills_in_any_order_reach_the_same_prod(crypto_env, tmp_path):
     for day in (0, 1, 2, 3):
         run_window(_day(day), settings=crypto_env)
     in_order = values()
-    with psycopg.connect(crypto_env.database_url) as conn:
+    with connect(crypto_env.database_url) as conn:
         conn.execute("TRUNCATE prod.bt_crypto_events")
     for day in (3, 1, 0, 2, 3):
         run_window(_day(day), settings=crypto_env)
@@ -164,7 +164,7 @@ def test_a_run_killed_in_the_middle_of_publish_leaves_prod_as_it_was(crypto_env,
     # a new extract changes every row (and drops some): publish must update the row we lock below
     ingest_file(str(write_extract(tmp_path / "b", _day(1), [f"BRASIL,{u},{d0},BTC,101,1" for u in range(1, 150)])),
                 settings=crypto_env)
-    blocker = psycopg.connect(crypto_env.database_url)
+    blocker = connect(crypto_env.database_url)
     blocker.execute("SELECT 1 FROM prod.bt_crypto_events WHERE user_id = 100 FOR UPDATE")
     proc = subprocess.Popen([sys.executable, "-m", "kpi.cli", "crypto", "run", "--date", _day(1).isoformat()],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))

@@ -24,6 +24,18 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboard" / "app.py"
 
 
+def stop_process(proc, timeout: float = 15) -> None:
+    """Terminate a server the test started; kill it when it does not stop in ``timeout`` seconds."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def closed_port() -> int:
     """A local port nothing listens on (bound then released)."""
     with socket.socket() as s:

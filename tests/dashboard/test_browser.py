@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import APP, ROOT
+from .conftest import APP, ROOT, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SCREENSHOT = ROOT / "artifacts" / "dashboard" / "score-a-user.png"
@@ -96,11 +96,7 @@ def dashboard_server(churn_store, dash_db, tmp_path):
                  "the Streamlit server's health endpoint")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 
@@ -121,11 +117,7 @@ def browser():
         yield client
         client.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         shutil.rmtree(profile, ignore_errors=True)
 
 

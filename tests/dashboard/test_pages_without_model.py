@@ -57,7 +57,7 @@ def test_unreachable_warehouse_and_storage_are_named(app, dash_env, tmp_path):
     app.switch_page("views/monitoring.py").run()
     assert not app.exception, [e.value for e in app.exception]
     errors = " ".join(e.value for e in app.error)
-    assert f"the warehouse at postgresql://postgres@127.0.0.1:{port}/kpi is unreachable" in errors
+    assert f"the warehouse at postgresql://postgres:***@127.0.0.1:{port}/kpi is unreachable" in errors
     assert "secret" not in errors  # the password never reaches the page
     assert "object storage at s3://kpi/prefix is unreachable" in errors
 

@@ -12,7 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
-NAMES = ("airflow", "spark", "mlflow", "dashboard")
+NAMES = ("airflow", "spark", "mlflow", "dashboard", "jupyterlab")
 
 
 def _lock() -> dict[str, str]:
@@ -69,6 +69,7 @@ def test_each_image_carries_the_packages_of_its_role():
     assert "apache-airflow-providers-amazon" in _requirements("airflow")  # remote task logs to MinIO
     assert {"mlflow", "psycopg2-binary", "boto3"} <= set(_requirements("mlflow"))
     assert "streamlit" in _requirements("dashboard")
+    assert {"jupyterlab", "ipykernel", "mlflow", "shap", "psycopg"} <= set(_requirements("jupyterlab"))
     assert "hyperopt" in _requirements("spark")
     # the Spark distribution of the base image provides pyspark: no second copy from PyPI
     assert "pyspark" not in _requirements("spark")
@@ -137,3 +138,10 @@ def test_hadoop_aws_matches_the_hadoop_that_spark_bundles():
     bundled = {re.match(r"hadoop-client-api-(.+)\.jar", p.name).group(1) for p in jars.glob("hadoop-client-api-*.jar")}
     declared = re.search(r"^ARG HADOOP_VERSION=(\S+)", (IMAGES / "spark" / "Dockerfile").read_text(), flags=re.MULTILINE).group(1)
     assert bundled == {declared}
+
+
+def test_the_jupyterlab_image_ships_the_notebooks_and_takes_its_token_from_the_environment():
+    text = (IMAGES / "jupyterlab" / "Dockerfile").read_text()
+    assert "COPY --chown=10001:10001 notebooks /home/kpi/notebooks" in text
+    assert 'ENTRYPOINT ["jupyter", "lab"]' in text and "--no-browser" in text
+    assert "token" not in text.split("ENTRYPOINT")[1].lower()  # JUPYTER_TOKEN comes from a Secret

@@ -94,8 +94,10 @@ def crypto_db(dash_db, tmp_path):
 
 @pytest.mark.slow
 def test_crypto_quality_notebook_runs_on_pipeline_output(crypto_db, tmp_path):
+    from kpi.db import database_url
+
     settings, runs = crypto_db
-    nb = execute(CRYPTO_NB, base_env(KPI_DATABASE_URL=settings.database_url, KPI_HOME=str(tmp_path / "home")),
+    nb = execute(CRYPTO_NB, base_env(KPI_DATABASE_URL=database_url(settings), KPI_HOME=str(tmp_path / "home")),
                  tmp_path)
     text = outputs_text(nb)
     for run in runs:

@@ -30,9 +30,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "kpi.minioUrl" -}}{{ printf "http://%s-minio:9000" .Release.Name }}{{- end -}}
 {{- define "kpi.mlflowUrl" -}}{{ printf "http://%s-mlflow:5000" .Release.Name }}{{- end -}}
 
-{{/* The Airflow worker service account (created here; the Airflow chart is told its name). */}}
+{{/* The Airflow worker service account: the name the Airflow chart gives the one it creates. */}}
 {{- define "kpi.airflowWorkerServiceAccount" -}}
-{{- .Values.airflow.workers.serviceAccount.name | default (printf "%s-worker" .Release.Name) -}}
+{{- printf "%s-airflow-worker" .Release.Name -}}
 {{- end -}}
 
 {{/* Image of the worker pods and the bootstrap Job: the Airflow chart's image unless set. */}}

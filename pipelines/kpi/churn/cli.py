@@ -62,14 +62,14 @@ def train(
         False, "--in-process", help="Train in this process on a local SparkSession instead of spark-submit."
     ),
 ) -> dict:
-    """Validate the sources, train on Spark (KPI_SPARK_BACKEND), then promote the new version or keep the champion."""
+    """Validate the sources (bad rows quarantined), train on Spark (KPI_SPARK_BACKEND), then promote or keep the champion."""
     from kpi.churn.registry import evaluate_and_promote
-    from kpi.churn.validate import assert_valid_sources
+    from kpi.churn.validate import assert_valid_sources, quality_report
     from kpi.settings import get_settings
 
     settings = get_settings()
     day = parse_date(as_of, "--as-of")
-    assert_valid_sources(data, settings)
+    validation = assert_valid_sources(data, settings)  # the job reuses this validation (same data version)
     if in_process:
         from kpi.churn.train import train_model
 
@@ -93,6 +93,7 @@ def train(
         "champion_auc": promotion["champion_auc"],
         "champion_version": promotion["champion_version"],
         "results_url": result.get("results_url"),
+        "source_validation": quality_report(validation),
     }
 
 

@@ -209,6 +209,10 @@ def log_to_mlflow(settings: Settings, summary: dict[str, Any], context: dict[str
         client.log_metric(run_id, "drift_share", summary["drift_share"])
         client.log_metric(run_id, "drift_detected", float(summary["drift_detected"]))
         client.log_metric(run_id, "n_drifted_columns", float(summary["n_drifted_columns"] or 0))
+        quality = context.get("source_validation") or {}
+        if quality.get("rows") is not None:
+            client.log_metric(run_id, "source_rows", float(quality["rows"]))
+            client.log_metric(run_id, "source_bad_rows", float(quality["bad_rows"]))
         for column, info in summary["columns"].items():
             client.log_metric(run_id, f"drift_score.{column}", info["score"])
         client.log_dict(run_id, {k: v for k, v in summary.items()}, "drift/summary.json")
@@ -258,27 +262,32 @@ def _source_bytes(settings: Settings, data_url: str) -> int:
     return total
 
 
-def current_features(settings: Settings, data_url: str, as_of: dt.date,
+def current_features(settings: Settings, data_url, as_of: dt.date,
                      engine: str = "auto") -> tuple[pd.DataFrame, str]:
-    """Features of the sources at ``data_url`` as of ``as_of`` (data strictly before it), and the engine used.
+    """Features as of ``as_of`` (data strictly before it) of the users eligible then, and the engine used.
 
-    ``engine`` ``auto`` uses pandas for small sources and Spark above ``PANDAS_MAX_SOURCE_BYTES``.
+    Like with like: the current side follows the training population's eligibility rule (users known
+    before ``as_of``: a payment, or a dated snapshot row), as the reference followed it at the champion's
+    cutoff; users who joined and left no trace yet are on neither side. The sources are validated first
+    (the same validation and gate as training). ``data_url`` may be a
+    :class:`~kpi.churn.validate.ValidatedSources`. ``engine`` ``auto`` uses pandas for small sources and
+    Spark above ``PANDAS_MAX_SOURCE_BYTES``.
     """
     from kpi.churn import features
+    from kpi.churn.validate import ValidatedSources, ensure_valid_sources
 
+    validated = data_url if isinstance(data_url, ValidatedSources) else ensure_valid_sources(data_url, settings)
     if engine == "auto":
-        engine = "pandas" if _source_bytes(settings, data_url) <= PANDAS_MAX_SOURCE_BYTES else "spark"
+        small = _source_bytes(settings, validated.data_url) <= PANDAS_MAX_SOURCE_BYTES
+        engine = "pandas" if small else "spark"
     if engine == "pandas":
-        return features.scoring_set_pandas(data_url, as_of, settings), engine
+        return features.monitoring_set_pandas(validated, as_of, settings), engine
     if engine != "spark":
         raise DriftInputError(f"unknown feature engine {engine!r}: use auto, pandas or spark")
-    from kpi.churn.sources import localize
     from kpi.churn.train import spark_session
 
-    # Local Spark has no S3A jars: read from a local copy of the sources.
-    local_url = localize(data_url, settings).as_uri()
     spark = spark_session(settings, app_name="kpi-churn-drift")
-    return features.scoring_set_spark(spark, local_url, as_of, settings).toPandas(), engine
+    return features.monitoring_set_spark(spark, validated, as_of, settings).toPandas(), engine
 
 
 def run_drift(settings: Settings, data_url: str, as_of: dt.date, engine: str = "auto") -> dict[str, Any]:
@@ -298,19 +307,23 @@ def run_drift(settings: Settings, data_url: str, as_of: dt.date, engine: str = "
         ``json_url``, ``mlflow_run_id`` and the champion it compared against.
     """
     from kpi.churn.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-    from kpi.churn.sources import data_version
+    from kpi.churn.validate import ensure_valid_sources, quality_report
 
-    # Missing source files fail first, naming the file, before anything is loaded.
-    version = data_version(data_url, settings)
+    # The sources are validated first (a missing file or too many bad rows fail here, naming the file).
+    validated = ensure_valid_sources(data_url, settings)
+    version = validated.data_version
     reference, champion = load_reference_features(settings)
-    current, used_engine = current_features(settings, data_url, as_of, engine)
+    current, used_engine = current_features(settings, validated, as_of, engine)
+    # the features the champion was trained on (its reference holds only those)
     comparison = compare_features(
         reference, current, threshold=settings.churn_drift_threshold,
-        numerical=list(NUMERIC_FEATURES), categorical=list(CATEGORICAL_FEATURES), seed=settings.churn_seed,
+        numerical=[c for c in NUMERIC_FEATURES if c in reference.columns],
+        categorical=[c for c in CATEGORICAL_FEATURES if c in reference.columns], seed=settings.churn_seed,
     )
     urls = report_urls(settings, as_of)
     context = {"as_of": as_of.isoformat(), "data_url": data_url, "data_version": version,
-               "engine": used_engine, "report_url": urls["html"], **champion}
+               "engine": used_engine, "report_url": urls["html"], "population": "users known before as_of",
+               "source_validation": quality_report(validated.summary), **champion}
     write_reports(settings, comparison, as_of, context)
     run_id = log_to_mlflow(settings, comparison.summary, context)
     summary = comparison.summary
@@ -328,5 +341,7 @@ def run_drift(settings: Settings, data_url: str, as_of: dt.date, engine: str = "
         "mlflow_run_id": run_id,
         "engine": used_engine,
         "data_version": context["data_version"],
+        "current_rows": summary["current_rows"],
+        "source_validation": context["source_validation"],
         **champion,
     }

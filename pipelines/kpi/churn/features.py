@@ -19,26 +19,24 @@ millions of users; the pandas code computes the same values for dashboards and t
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kpi.churn.sources import (
-    COLUMN_TYPES,
     ID,
     SNAPSHOT_DATE,
     SNAPSHOT_SOURCES,
     SOURCE_FILES,
     USER_BASE,
-    check_columns,
-    is_remote,
-    localize,
-    read_header,
-    source_url,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
+
+    from kpi.churn.validate import ValidatedSources
 
 LABEL = "label"
 LABEL_HORIZON_DAYS = 60
@@ -90,6 +88,83 @@ _SNAPSHOT_DATES = {
 _SNAPSHOT_STRINGS = {"dinero_cuenta": {"INVERSION": "investment_status"}}
 
 
+class SourceFrames(dict):
+    """The five typed sources keyed like :data:`SOURCE_FILES`, plus the validation they passed (``validation``)."""
+
+    validation: ValidatedSources | None = None
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """The features a model may use at a cutoff, and those the time policy leaves out (with the reason).
+
+    A feature left out is not imputed: it is absent from the model's pipeline, its signature and its
+    reference data. ``dropped`` maps each left-out feature to a sentence saying why.
+    """
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        """Numeric then categorical feature names."""
+        return [*self.numeric, *self.categorical]
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags: ``features_used`` (comma-separated) and ``features_dropped`` (JSON: feature -> reason)."""
+        return {"features_used": ",".join(self.columns), "features_dropped": json.dumps(self.dropped, sort_keys=True)}
+
+
+def available_features(sources: dict, cutoff: dt.date) -> FeatureSet:
+    """The features usable at ``cutoff`` given the sources' shape (the time policy of ``docs/churn-data.md``).
+
+    A snapshot table without ``SNAPSHOT_DATE`` contributes nothing time-varying (policy 3), and neither does
+    a dated one without any snapshot dated on or before the cutoff (policy 2): every feature built from it
+    would be null for every user, so it is left out rather than imputed.
+    """
+    dropped: dict[str, str] = {}
+    for source in SNAPSHOT_SOURCES:
+        name = SOURCE_FILES[source]
+        derived = [*_SNAPSHOT_NUMERIC.get(source, {}).values(), *_SNAPSHOT_DATES.get(source, {}).values(),
+                   *_SNAPSHOT_STRINGS.get(source, {}).values()]
+        if SNAPSHOT_DATE not in sources[source].columns:
+            reason = (f"{name} has no {SNAPSHOT_DATE}: its lagged columns describe the day the file was extracted,"
+                      f" which may lie after the cutoff {cutoff.isoformat()} (time policy 3)")
+        else:
+            earliest = _earliest_snapshot(sources, source)
+            if earliest is not None and earliest <= cutoff:
+                continue
+            reason = (f"{name} has no snapshot dated on or before the cutoff {cutoff.isoformat()}"
+                      + (f" (earliest {earliest.isoformat()})" if earliest else " (no rows)") + " (time policy 2)")
+        dropped.update({feature: reason for feature in derived})
+    return FeatureSet(
+        numeric=tuple(c for c in NUMERIC_FEATURES if c not in dropped),
+        categorical=tuple(c for c in CATEGORICAL_FEATURES if c not in dropped),
+        dropped=dropped,
+    )
+
+
+def _earliest_snapshot(sources: dict, source: str) -> dt.date | None:
+    """Earliest SNAPSHOT_DATE of a dated source: from its validation when known, else from the frame."""
+    validation = getattr(sources, "validation", None)
+    if validation is not None:
+        span = validation.snapshot_dates(source)
+        return span[0] if span else None
+    frame = sources[source]
+    import pandas as pd
+
+    if hasattr(frame, "sparkSession"):
+        from pyspark.sql import functions as F
+
+        value = frame.agg(F.min(SNAPSHOT_DATE)).first()[0]
+    else:
+        value = frame[SNAPSHOT_DATE].min()
+    if value is None or (not isinstance(value, dt.date) and pd.isna(value)):
+        return None
+    return value.date() if hasattr(value, "date") and callable(value.date) else value
+
+
 def training_cutoff(as_of: dt.date) -> dt.date:
     """The feature cutoff of a model trained at ``as_of``: ``as_of - LABEL_HORIZON_DAYS``."""
     return as_of - dt.timedelta(days=LABEL_HORIZON_DAYS)
@@ -112,47 +187,40 @@ def age_band(age: float | None) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _spark_schema(source: str, header: list[str]):
-    from pyspark.sql import types as T
+def _validated(data_url, settings) -> ValidatedSources:
+    """``data_url`` validated (reusing a stored validation), or already a :class:`ValidatedSources`."""
+    from kpi.churn.validate import ValidatedSources, ensure_valid_sources
 
-    spark_types = {
-        "id": T.LongType(),
-        "int": T.IntegerType(),
-        "float": T.DoubleType(),
-        "date": T.DateType(),
-        "string": T.StringType(),
-    }
-    # Spark maps a CSV schema by position, so the schema follows the file's own header order
-    return T.StructType([T.StructField(c, spark_types[COLUMN_TYPES[source][c]], True) for c in header])
+    if isinstance(data_url, ValidatedSources):
+        return data_url
+    return ensure_valid_sources(str(data_url), settings)
 
 
-def read_sources_spark(spark: SparkSession, data_url: str, settings=None) -> dict[str, DataFrame]:
-    """Read the five sources as typed DataFrames keyed like :data:`SOURCE_FILES`.
+def read_sources_spark(spark: SparkSession, data_url, settings=None) -> SourceFrames:
+    """Read the five sources as typed DataFrames keyed like :data:`SOURCE_FILES`, after validation.
 
-    A remote folder is downloaded first when Spark runs with a local master (no S3A jars there);
-    on a cluster, ``s3://`` is read through ``s3a://``.
+    The sources are validated first (:func:`kpi.churn.validate.ensure_valid_sources`: once per data
+    version, then reused); Spark reads the clean typed Parquet copy validation wrote, so bad rows are
+    left out and no CSV value is parsed a second time. On a local master a remote copy is downloaded
+    first (no S3A jars there); on a cluster, ``s3://`` is read through ``s3a://``.
+
+    ``data_url`` may also be the :class:`~kpi.churn.validate.ValidatedSources` of an earlier validation.
 
     Raises:
-        ValueError: when a file's header does not have the expected columns (naming file and columns).
-        FileNotFoundError: when a file is missing.
+        SourceValidationError: a file is missing, has the wrong columns or too many bad rows.
     """
-    base = str(data_url)
-    if is_remote(base) and spark.sparkContext.master.startswith("local"):
-        base = str(localize(base, settings))
-    frames = {}
+    from kpi.churn.validate import clean_name, local_clean_folder
+
+    validated = _validated(data_url, settings)
+    frames = SourceFrames()
+    frames.validation = validated
+    local = spark.sparkContext.master.startswith("local")
+    folder = local_clean_folder(validated, settings).as_uri() if local else validated.clean_url
     for source in SOURCE_FILES:
-        header = read_header(base, source, settings)
-        check_columns(source, header)
-        url = source_url(base, source)
+        url = f"{folder.rstrip('/')}/{clean_name(source)}"
         if url.startswith("s3://"):
             url = "s3a://" + url[len("s3://") :]
-        frames[source] = spark.read.csv(
-            url,
-            header=True,
-            schema=_spark_schema(source, header),
-            dateFormat="yyyy-MM-dd",
-            mode="PERMISSIVE",
-        )
+        frames[source] = spark.read.parquet(url)
     return frames
 
 
@@ -223,8 +291,9 @@ def _features_spark(sources: dict[str, DataFrame], cutoff: dt.date, as_of: dt.da
         else F.lit(False).alias("_future"),
         (fecha < cut).alias("_past"),
         F.datediff(cut, fecha).alias("_days"),
-        F.coalesce(F.col("SPENT"), F.lit(0.0)).alias("_spent"),
-        F.coalesce(F.col("DESCUENTO"), F.lit(0.0)).alias("_discount"),
+        # validation leaves out rows without SPENT or DESCUENTO: a missing amount is never 0.0
+        F.col("SPENT").alias("_spent"),
+        F.col("DESCUENTO").alias("_discount"),
         F.col("CUS_CUST_ID_SEL").alias("_seller"),
         F.trim(F.col("TPV_SEGMENT_DETAIL")).alias("_segment"),
     )
@@ -342,23 +411,59 @@ def population_spark(sources: dict[str, DataFrame], cutoff: dt.date) -> DataFram
     return users.join(known.distinct(), on=ID, how="left_semi")
 
 
-def training_set_spark(spark: SparkSession, data_url: str, as_of: dt.date, settings=None) -> DataFrame:
-    """``[ID, *FEATURE_COLUMNS, LABEL]`` for a model trained at ``as_of`` (cutoff ``as_of - 60d``).
+@dataclass(frozen=True)
+class TrainingData:
+    """A training set with what training must know about it: usable features and the validation passed."""
 
-    Same rows and values as joining :func:`build_features_spark`, :func:`population_spark` and
-    :func:`build_labels_spark`, computed in one pass over payments.
+    frame: DataFrame
+    features: FeatureSet
+    validation: ValidatedSources | None
+
+    @property
+    def data_version(self) -> str | None:
+        """The sources' data version (None for frames that did not come from validated sources)."""
+        return self.validation.data_version if self.validation else None
+
+
+def training_data_spark(spark: SparkSession, data_url, as_of: dt.date, settings=None) -> TrainingData:
+    """The training set at ``as_of`` with its :class:`FeatureSet` (what the time policy makes available).
+
+    ``frame`` keeps every column of :data:`FEATURE_COLUMNS` (a left-out feature is null); a model must use
+    only ``features.numeric`` and ``features.categorical``.
     """
     sources = read_sources_spark(spark, data_url, settings)
     cutoff = training_cutoff(as_of)
     if not cutoff < as_of:  # pragma: no cover - LABEL_HORIZON_DAYS is positive
         raise ValueError(f"label window is empty: cutoff {cutoff} must be before as_of {as_of}")
     fused = _features_spark(sources, cutoff, as_of=as_of)
-    return fused.where("_known").select(ID, *FEATURE_COLUMNS, LABEL)
+    frame = fused.where("_known").select(ID, *FEATURE_COLUMNS, LABEL)
+    return TrainingData(frame=frame, features=available_features(sources, cutoff), validation=sources.validation)
 
 
-def scoring_set_spark(spark: SparkSession, data_url: str, as_of: dt.date, settings=None) -> DataFrame:
+def training_set_spark(spark: SparkSession, data_url, as_of: dt.date, settings=None) -> DataFrame:
+    """``[ID, *FEATURE_COLUMNS, LABEL]`` for a model trained at ``as_of`` (cutoff ``as_of - 60d``).
+
+    Same rows and values as joining :func:`build_features_spark`, :func:`population_spark` and
+    :func:`build_labels_spark`, computed in one pass over payments.
+    """
+    return training_data_spark(spark, data_url, as_of, settings).frame
+
+
+def scoring_set_spark(spark: SparkSession, data_url, as_of: dt.date, settings=None) -> DataFrame:
     """``[ID, *FEATURE_COLUMNS]`` for every user of the sources, scored at ``as_of`` (cutoff ``as_of``)."""
     return build_features_spark(read_sources_spark(spark, data_url, settings), as_of)
+
+
+def monitoring_set_spark(spark: SparkSession, data_url, as_of: dt.date, settings=None) -> DataFrame:
+    """``[ID, *FEATURE_COLUMNS]`` at ``as_of`` for the users a model trained then would have learnt from.
+
+    The eligibility rule of the training population (:func:`population_spark`) applied at ``as_of``:
+    drift compares this with the champion's training features, so users who have just joined and left no
+    trace yet are on neither side.
+    """
+    sources = read_sources_spark(spark, data_url, settings)
+    features = build_features_spark(sources, as_of)
+    return features.join(population_spark(sources, as_of), on=ID, how="left_semi")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,30 +471,23 @@ def scoring_set_spark(spark: SparkSession, data_url: str, as_of: dt.date, settin
 # --------------------------------------------------------------------------------------------------
 
 
-def read_sources_pandas(data_url: str, settings=None) -> dict[str, pd.DataFrame]:
-    """Read the five sources with pandas, typed like the Spark reader (dates as ``datetime64``)."""
-    import pandas as pd
+def read_sources_pandas(data_url, settings=None) -> SourceFrames:
+    """Read the five validated sources with pandas, typed like the Spark reader (dates as ``datetime64``).
+
+    Validation runs first, exactly as for :func:`read_sources_spark`; the frames come from its clean copy.
+    """
+    import pyarrow.parquet as pq
 
     from kpi.storage import filesystem
 
-    dtypes = {"id": "Int64", "int": "Int64", "float": "float64", "string": "string"}
-    frames = {}
+    validated = _validated(data_url, settings)
+    frames = SourceFrames()
+    frames.validation = validated
     for source in SOURCE_FILES:
-        header = read_header(data_url, source, settings)
-        check_columns(source, header)
-        types = COLUMN_TYPES[source]
-        date_cols = [c for c in header if types[c] == "date"]
-        fs, path = filesystem(source_url(data_url, source), settings)
+        fs, path = filesystem(validated.clean_file(source), settings)
         with fs.open(path, "rb") as fh:
-            df = pd.read_csv(
-                fh,
-                dtype={c: dtypes[types[c]] for c in header if types[c] != "date"},
-                keep_default_na=False,
-                na_values=[""],
-            )
-        for c in date_cols:
-            df[c] = pd.to_datetime(df[c], format="%Y-%m-%d", errors="coerce")
-        frames[source] = df
+            table = pq.read_table(fh)
+        frames[source] = table.to_pandas(date_as_object=False, types_mapper={}.get)
     return frames
 
 
@@ -436,8 +534,8 @@ def build_features_pandas(sources: dict[str, pd.DataFrame], cutoff: dt.date) -> 
         {
             ID: pay.loc[keep, ID].astype("int64").to_numpy(),
             "_days": days[keep].astype("int64").to_numpy(),
-            "_spent": pay.loc[keep, "SPENT"].fillna(0.0).astype("float64").to_numpy(),
-            "_discount": pay.loc[keep, "DESCUENTO"].fillna(0.0).astype("float64").to_numpy(),
+            "_spent": pay.loc[keep, "SPENT"].astype("float64").to_numpy(),
+            "_discount": pay.loc[keep, "DESCUENTO"].astype("float64").to_numpy(),
             "_seller": pay.loc[keep, "CUS_CUST_ID_SEL"].to_numpy(),
             "_segment": pay.loc[keep, "TPV_SEGMENT_DETAIL"].astype("string").str.strip().to_numpy(),
         }
@@ -524,7 +622,7 @@ def population_pandas(sources: dict[str, pd.DataFrame], cutoff: dt.date) -> pd.S
     return users[users.isin(known)].reset_index(drop=True)
 
 
-def training_set_pandas(data_url: str, as_of: dt.date, settings=None) -> pd.DataFrame:
+def training_set_pandas(data_url, as_of: dt.date, settings=None) -> pd.DataFrame:
     """The pandas twin of :func:`training_set_spark` (small inputs: tests, notebooks, references)."""
     sources = read_sources_pandas(data_url, settings)
     cutoff = training_cutoff(as_of)
@@ -534,6 +632,13 @@ def training_set_pandas(data_url: str, as_of: dt.date, settings=None) -> pd.Data
     return features.merge(labels, on=ID, how="inner").reset_index(drop=True)
 
 
-def scoring_set_pandas(data_url: str, as_of: dt.date, settings=None) -> pd.DataFrame:
+def scoring_set_pandas(data_url, as_of: dt.date, settings=None) -> pd.DataFrame:
     """The pandas twin of :func:`scoring_set_spark`."""
     return build_features_pandas(read_sources_pandas(data_url, settings), as_of)
+
+
+def monitoring_set_pandas(data_url, as_of: dt.date, settings=None) -> pd.DataFrame:
+    """The pandas twin of :func:`monitoring_set_spark`."""
+    sources = read_sources_pandas(data_url, settings)
+    features = build_features_pandas(sources, as_of)
+    return features[features[ID].isin(population_pandas(sources, as_of))].reset_index(drop=True)

@@ -48,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train_model(settings, args.data, args.as_of, trials=args.trials, spark=spark)
     except Exception as exc:
+        from kpi.churn.spark_submit import describe_job_error, write_job_error
+
         logging.getLogger("kpi.churn.job").exception("training failed")
-        print(json.dumps({"ok": False, "error": str(exc), "error_type": type(exc).__name__}), flush=True)
+        error = describe_job_error(exc)
+        # the same document in storage: a SparkApplication's submitter reads it where stdout is out of reach
+        write_job_error(settings, args.data, args.as_of, error)
+        print(json.dumps({"ok": False, **error}), flush=True)
         return 1
     finally:
         spark.stop()

@@ -14,11 +14,34 @@ class NoChampionError(RuntimeError):
     """There is no version with the champion alias to score with."""
 
 
+class ScoringError(RuntimeError):
+    """Scoring cannot give every user a probability (nobody to score, or a model that returns no number)."""
+
+
+def require_probabilities(ids, probabilities) -> None:
+    """Refuse a scoring in which any user has no finite probability (nothing partial is ever written).
+
+    Raises:
+        ScoringError: naming how many users and a few of their ids.
+    """
+    import numpy as np
+
+    p = np.asarray(probabilities, dtype="float64")
+    empty = ~np.isfinite(p)
+    if empty.any():
+        examples = [int(i) for i in np.asarray(ids)[empty][:5]]
+        raise ScoringError(f"{int(empty.sum())} of {len(p)} users got no probability (e.g. ids {examples});"
+                           " nothing was written")
+
+
 def score_users(settings: Settings, data_url: str, as_of: dt.date, output: str, spark=None) -> dict[str, Any]:
     """Score every user of the sources at ``as_of`` with the champion and write ``ID, p_active_60d`` as CSV.
 
-    Features come from data strictly before ``as_of`` (Spark, :func:`kpi.churn.features.scoring_set_spark`);
-    the probabilities come from the JVM-free :class:`kpi.churn.model.ChurnModel`.
+    The sources go through the same validation as training (bad rows left out and recorded, the gate of
+    ``KPI_CHURN_MAX_BAD_ROW_SHARE``); features come from data strictly before ``as_of`` (Spark,
+    :func:`kpi.churn.features.scoring_set_spark`); the probabilities come from the JVM-free
+    :class:`kpi.churn.model.ChurnModel`. Every user of the (validated) user base gets a finite probability,
+    or nothing is written.
 
     Args:
         settings: platform settings (MLflow store, Spark master, storage options).
@@ -28,10 +51,13 @@ def score_users(settings: Settings, data_url: str, as_of: dt.date, output: str, 
         spark: a SparkSession (default: the active one or a local one).
 
     Returns:
-        ``output, rows, model_version, mean_p_active_60d, as_of, seconds``.
+        ``output, rows, model_version, mean_p_active_60d, as_of, seconds`` and ``source_validation`` (bad
+        rows per file and rule, where they are recorded).
 
     Raises:
         NoChampionError: when no model holds the champion alias yet.
+        SourceValidationError: when the sources are unusable (structure, too many bad rows, no users).
+        ScoringError: when there is nobody to score or a user would get no probability.
     """
     import pandas as pd
 
@@ -46,9 +72,16 @@ def score_users(settings: Settings, data_url: str, as_of: dt.date, output: str, 
         raise NoChampionError(
             f"no '{settings.churn_champion_alias}' version of '{settings.churn_model_name}': run `kpi churn train` first"
         )
+    from kpi.churn.validate import ensure_valid_sources, quality_report
+
+    validated = ensure_valid_sources(data_url, settings)
     spark = spark or spark_session(settings, app_name="kpi-churn-scoring")
-    frame = features.scoring_set_spark(spark, data_url, as_of).toPandas()
-    scored = pd.DataFrame({sources.ID: frame[sources.ID], PREDICTION_COLUMN: champion.model.predict_proba(frame)})
+    frame = features.scoring_set_spark(spark, validated, as_of, settings).toPandas()
+    if frame.empty:
+        raise ScoringError(f"no user to score: the user base of {data_url} is empty")
+    probabilities = champion.model.predict_proba(frame)
+    require_probabilities(frame[sources.ID], probabilities)
+    scored = pd.DataFrame({sources.ID: frame[sources.ID], PREDICTION_COLUMN: probabilities})
     scored = scored.sort_values(sources.ID, kind="stable").reset_index(drop=True)
     csv = scored.to_csv(index=False).encode("utf-8")
     if "://" in output:
@@ -64,5 +97,6 @@ def score_users(settings: Settings, data_url: str, as_of: dt.date, output: str, 
         "model_run_id": champion.run_id,
         "mean_p_active_60d": float(scored[PREDICTION_COLUMN].mean()) if len(scored) else None,
         "as_of": as_of.isoformat(),
+        "source_validation": quality_report(validated.summary),
         "seconds": round(time.perf_counter() - started, 2),
     }

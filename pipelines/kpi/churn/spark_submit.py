@@ -29,8 +29,118 @@ TEMPLATE_NAME = "sparkapplication.yaml.j2"
 TRAINING_RUNS_PREFIX = "training-runs"
 
 
+LOG_TAIL_LINES = 12
+LOG_TAIL_CHARS = 1500
+ERROR_CHARS = 2000
+
+
 class TrainingJobError(RuntimeError):
-    """The Spark training job failed or left no result."""
+    """The Spark training job failed or left no result.
+
+    The message starts with the job's own error (``<exception type>: <message>``); a shortened tail of the
+    Spark log may follow. ``job_error_type`` and ``job_error`` hold the job's error alone.
+    """
+
+    def __init__(self, message: str, job_error_type: str | None = None, job_error: str | None = None,
+                 log_tail: str | None = None):
+        super().__init__(message)
+        self.job_error_type = job_error_type
+        self.job_error = job_error
+        self.log_tail = log_tail
+
+
+def describe_job_error(exc: BaseException) -> dict[str, str]:
+    """``error_type`` and ``error`` of an exception raised in the job, without JVM stack frames.
+
+    A Py4J error names the Java exception inside its message: that exception's class and message are the
+    job's real error, not the Python wrapper, and its innermost ``Caused by`` (often the actual reason,
+    such as a file that cannot be read) is appended.
+    """
+    error_type = type(exc).__name__
+    message = str(exc)
+    java = re.search(r"^: ([\w.$]+(?:Exception|Error)): (.*)$", message, re.MULTILINE)
+    if error_type == "Py4JJavaError" and java:
+        causes = re.findall(r"^Caused by: ([\w.$]+): (.*)$", message, re.MULTILINE)
+        error_type, message = java.group(1).rsplit(".", 1)[-1], java.group(2).strip()
+        if causes:
+            cause_type, cause = causes[-1]
+            message = f"{message} -- caused by {cause_type.rsplit('.', 1)[-1]}: {cause.strip()}"
+    message = message.split("\nJVM stacktrace:")[0]
+    lines = [ln for ln in message.splitlines() if not ln.lstrip().startswith("at ") and ln.strip()]
+    return {"error_type": error_type, "error": "\n".join(lines)[:ERROR_CHARS]}
+
+
+def job_error_url(settings: Settings, as_of: dt.date | str, data_version: str | None) -> str:
+    """``<storage>/training-runs/<as_of>/<data_version>.error.json``: the job's error when it fails."""
+    day = as_of.isoformat() if isinstance(as_of, dt.date) else str(as_of)
+    return storage.join(settings.resolved_storage_url, TRAINING_RUNS_PREFIX, day,
+                        f"{data_version or 'unknown-data-version'}.error.json")
+
+
+def write_job_error(settings: Settings, data_url: str, as_of: dt.date | str, error: dict[str, str]) -> str | None:
+    """Store the job's error document (best effort: a storage failure must not hide the job's error)."""
+    try:
+        from kpi.churn.sources import data_version
+
+        try:
+            version = data_version(data_url, settings)
+        except Exception:  # noqa: BLE001 - a missing source is the error being reported
+            version = None
+        url = job_error_url(settings, as_of, version)
+        storage.write_text(url, json.dumps({"ok": False, **error}), settings)
+        return url
+    except Exception:
+        log.exception("could not store the training job's error")
+        return None
+
+
+def _read_job_error(settings: Settings, as_of: dt.date | str, data_version: str) -> dict[str, str] | None:
+    url = job_error_url(settings, as_of, data_version)
+    try:
+        if storage.exists(url, settings):
+            return json.loads(storage.read_bytes(url, settings))
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _clear_job_error(settings: Settings, as_of: dt.date | str, data_version: str) -> None:
+    fs, path = storage.filesystem(job_error_url(settings, as_of, data_version), settings)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES, chars: int = LOG_TAIL_CHARS) -> str:
+    """The last ``lines`` lines of a Spark log that are not INFO chatter, each and all shortened."""
+    kept = [ln[:300] for ln in text.splitlines() if ln.strip() and " INFO " not in ln]
+    tail = "\n".join(kept[-lines:])
+    return tail[-chars:]
+
+
+def job_failure(returncode: int, stdout: str, stderr: str) -> TrainingJobError:
+    """The error of a failed ``spark-submit``: the job's own error first, then a short log tail.
+
+    The job prints ``{"ok": false, "error_type", "error"}`` as its last line; when it died before (a
+    crashed interpreter or JVM), the last Python traceback line of its log is the error instead.
+    """
+    error_type = error = None
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                document = json.loads(line)
+            except ValueError:
+                continue
+            if document.get("ok") is False:
+                error_type, error = document.get("error_type"), document.get("error")
+            break
+    if error is None:
+        raised = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", stderr or "", re.MULTILINE)
+        if raised:
+            error_type, error = raised[-1][0].rsplit(".", 1)[-1], raised[-1][1]
+    tail = log_tail(stderr or stdout or "")
+    head = f"{error_type}: {error}" if error else f"spark-submit exited with {returncode} and the job reported no error"
+    message = f"{head}\n-- training job failed (spark-submit exit {returncode}); last Spark log lines:\n{tail}"
+    return TrainingJobError(message, job_error_type=error_type, job_error=error, log_tail=tail)
 
 
 def job_path() -> Path:
@@ -96,7 +206,7 @@ def template_values(settings: Settings, data_url: str, as_of: dt.date | str, *, 
         "PYSPARK_PYTHON": "python3",
     }
     if settings.mlflow_tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+        env["MLFLOW_TRACKING_URI"] = settings.resolved_mlflow_uri
     if settings.s3_endpoint_url:
         env["KPI_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
         env["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
@@ -127,8 +237,10 @@ def template_values(settings: Settings, data_url: str, as_of: dt.date | str, *, 
         "env": env,
         "secret_env": secret_env,
         "resources": {
-            "driver": {"cores": 1, "core_limit": "1", "memory": settings.spark_driver_memory},
-            "executor": {"cores": 1, "core_limit": "1", "memory": settings.spark_executor_memory,
+            "driver": {"cores": 1, "core_request": settings.spark_driver_cores_request, "core_limit": "1",
+                       "memory": settings.spark_driver_memory, "memory_overhead": settings.spark_memory_overhead},
+            "executor": {"cores": 1, "core_request": settings.spark_executor_cores_request, "core_limit": "1",
+                         "memory": settings.spark_executor_memory, "memory_overhead": settings.spark_memory_overhead,
                          "instances": settings.spark_executor_instances},
         },
     }
@@ -193,7 +305,9 @@ def _job_environment(settings: Settings) -> dict[str, str]:
     })
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     if settings.database_url:
-        env["KPI_DATABASE_URL"] = settings.database_url
+        from kpi.db import database_url
+
+        env["KPI_DATABASE_URL"] = database_url(settings)
     if settings.s3_endpoint_url:
         env["KPI_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     return env
@@ -210,8 +324,9 @@ def submit_local(settings: Settings, data_url: str, as_of: dt.date, trials: int 
     if proc.stdout:
         log.info("training job stdout (tail):\n%s", proc.stdout[-4000:])
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout or "")[-3000:]
-        raise TrainingJobError(f"spark-submit exited with {proc.returncode}:\n{tail}")
+        failure = job_failure(proc.returncode, proc.stdout or "", proc.stderr or "")
+        log.error("training job failed: %s", failure)
+        raise failure
     return {**read_training_result(settings, as_of, version), "backend": "local", "data_version": version}
 
 
@@ -230,6 +345,7 @@ def submit_kubernetes(settings: Settings, data_url: str, as_of: dt.date, trials:
     from kpi.churn.sources import data_version
 
     version = data_version(data_url, settings)
+    _clear_job_error(settings, as_of, version)
     body = render_spark_application(settings, data_url, as_of, trials=trials)
     body["metadata"]["name"] = f"{body['metadata']['name']}-{os.urandom(3).hex()}"
     try:
@@ -250,7 +366,13 @@ def submit_kubernetes(settings: Settings, data_url: str, as_of: dt.date, trials:
             return {**read_training_result(settings, as_of, version), "backend": "kubernetes",
                     "application": body["metadata"]["name"], "data_version": version}
         if state in ("FAILED", "SUBMISSION_FAILED", "INVALIDATING"):
-            raise TrainingJobError(f"SparkApplication {body['metadata']['name']} ended in state {state}")
+            where = f"SparkApplication {body['metadata']['name']} ended in state {state}"
+            error = _read_job_error(settings, as_of, version)
+            if error and error.get("error"):
+                raise TrainingJobError(f"{error.get('error_type')}: {error['error']}\n-- {where}",
+                                       job_error_type=error.get("error_type"), job_error=error["error"])
+            message = obj.get("status", {}).get("applicationState", {}).get("errorMessage") or ""
+            raise TrainingJobError(f"{where}: {message[:LOG_TAIL_CHARS]}".rstrip(": "))
         time.sleep(poll_s)
     raise TrainingJobError(f"SparkApplication {body['metadata']['name']} still {state} after {timeout_s:.0f}s")
 

@@ -301,15 +301,15 @@ def train_model(
 
     Args:
         settings: platform settings (MLflow URI, storage, seed, model name, model families).
-        data_url: folder or URL of the five source files.
+        data_url: folder or URL of the five source files (validated, bad rows quarantined, before use).
         as_of: training date; features come from before ``as_of - 60 days``.
         trials: Hyperopt trials (default ``settings.churn_search_trials``).
         spark: a SparkSession (default: the active one or a local one).
         training_set: a ready Spark DataFrame ``[ID, *features, label]`` instead of building it
             from ``data_url`` (tests on synthetic frames).
-        data_version: the data version tag (default: :func:`kpi.churn.sources.data_version`).
-        numeric_features, categorical_features: the features the model uses (default: the lists of
-            :mod:`kpi.churn.features`). Other columns of the training set are kept in the holdout artifact,
+        data_version: the data version tag (default: the validated sources' data version).
+        numeric_features, categorical_features: the features the model uses (default: those the time
+            policy makes available, :func:`kpi.churn.features.available_features`). Other columns of the training set are kept in the holdout artifact,
             so that a champion with other features can be scored on the same users.
 
     Returns:
@@ -324,18 +324,23 @@ def train_model(
     trials = int(trials or settings.churn_search_trials)
     spark = spark or spark_session(settings)
     label, id_col = LABEL, ID
+    source_data = None
     if numeric_features is None or categorical_features is None or training_set is None:
         from kpi.churn import features
 
-        numeric_features = numeric_features or list(features.NUMERIC_FEATURES)
-        categorical_features = categorical_features or list(features.CATEGORICAL_FEATURES)
+        # (issue 11) validated sources; only the features the time policy makes available (features.py)
         if training_set is None:
-            training_set = features.training_set_spark(spark, data_url, as_of)
+            source_data = features.training_data_spark(spark, data_url, as_of, settings)
+            training_set = source_data.frame
+        available = source_data.features if source_data else features.FeatureSet(
+            tuple(features.NUMERIC_FEATURES), tuple(features.CATEGORICAL_FEATURES))
+        numeric_features = numeric_features or list(available.numeric)
+        categorical_features = categorical_features or list(available.categorical)
     numeric, categorical = list(numeric_features), list(categorical_features)
     if data_version is None:
         from kpi.churn import sources
 
-        data_version = sources.data_version(data_url)
+        data_version = source_data.data_version if source_data else sources.data_version(data_url)
 
     frame = as_model_input(training_set, numeric, categorical).withColumn(label, F.col(label).cast("double"))
     others = [c for c in frame.columns if c not in {id_col, label, *numeric, *categorical}]
@@ -351,7 +356,7 @@ def train_model(
     timings = {"started": started, "features_built": time.perf_counter()}
 
     with mlflow_utils.using_store(settings):
-        return _search_fit_register(settings, data_url, as_of, trials, data, data_version, timings)
+        return _search_fit_register(settings, data_url, as_of, trials, data, data_version, timings, source_data)
 
 
 def _prepared_family(family: str, data: _TrainingData, fill: dict[str, float]):
@@ -407,7 +412,7 @@ def _numeric_medians(df, numeric: list[str]) -> dict[str, float]:
 
 
 def _search_fit_register(settings: Settings, data_url: str, as_of: dt.date, trials: int, data: _TrainingData,
-                         data_version: str, timings: dict[str, float]) -> dict[str, Any]:
+                         data_version: str, timings: dict[str, float], source_data=None) -> dict[str, Any]:
     """The MLflow part of :func:`train_model` (runs with MLflow pointed at the settings' store)."""
     import mlflow
     import numpy as np
@@ -433,6 +438,8 @@ def _search_fit_register(settings: Settings, data_url: str, as_of: dt.date, tria
         "data_url": data_url,
         "label_cutoff": (as_of - dt.timedelta(days=horizon)).isoformat(),
     }
+    if source_data is not None:  # (issue 11) which features the model uses and why the others were dropped
+        common_tags.update(source_data.features.tags())
     train_val = data.train.unionByName(data.validation)
     ranges = _numeric_ranges(train_val, numeric)
     tree_fill = missing_values_for_trees(ranges, numeric)  # the same values fit_final derives
@@ -441,6 +448,10 @@ def _search_fit_register(settings: Settings, data_url: str, as_of: dt.date, tria
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"churn-train-{as_of.isoformat()}") as parent:
         mlflow.set_tags({**common_tags, "kind": "training"})
         mlflow.log_input(dataset, context="training")
+        if source_data is not None and source_data.validation is not None:  # (issue 11) bad rows per rule
+            from kpi.churn.validate import log_to_active_run
+
+            log_to_active_run(source_data.validation, settings)
         mlflow.log_params(
             {"trials": trials, "seed": seed, "rows": data.rows, "numeric_features": ",".join(numeric),
              "categorical_features": ",".join(categorical), "search": "hyperopt-tpe",

@@ -1,6 +1,7 @@
 """churn_data_watchdog: emit ``churn_sources`` only when a churn source file's content changed.
 
-Wiring only; the logic is ``kpi.churn.watchdog`` (fingerprints against ``watchdog/state.json`` in storage).
+Wiring only; the logic is ``kpi.churn.watchdog`` (fingerprints against ``watchdog/state.json`` in storage,
+recorded with a compare-and-swap so that concurrent runs announce one change once).
 """
 
 from __future__ import annotations
@@ -27,20 +28,19 @@ from kpi.dags.assets import CHURN_DEFAULT_ARGS, CHURN_SOURCES, CHURN_SOURCES_CHA
 def churn_data_watchdog():
     @task(outlets=[CHURN_SOURCES_CHANGES])
     def detect_source_changes(*, params=None, dag_run=None, outlet_events=None) -> dict:
-        from kpi.churn.watchdog import check_sources, commit
+        from kpi.churn.watchdog import watch
         from kpi.settings import get_settings
 
-        settings = get_settings()
-        check = check_sources(settings, params.get("data_url"))
+        # Recorded first, with a compare-and-swap: of two runs seeing one change, only the one whose record
+        # held announces it. A retry of this run after a failure announces it again (claimed_by).
+        check = watch(get_settings(), params.get("data_url"), claimed_by=dag_run.run_id)
         if check["changed"]:
             as_of = params.get("as_of") or dag_run.run_after.date().isoformat()
             outlet_events[CHURN_SOURCES_CHANGES].add(CHURN_SOURCES, extra={
                 "data_url": check["data_url"], "data_version": check["data_version"],
                 "changed_files": check["changed_files"], "as_of": as_of,
             })
-        # Commit last: if anything above fails, no event is emitted and the change is seen again.
-        commit(settings, check)
-        return {k: v for k, v in check.items() if k != "entry"}
+        return check
 
     detect_source_changes()
 

@@ -15,7 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from kpi.redaction import redact_url
 from kpi.settings import Settings
+
+__all__ = ["StoreUnavailable", "redact_url"]  # redact_url: re-exported for the notebooks
 
 DRIFT_REPORTS_DIR = "drift-reports"
 
@@ -27,16 +30,6 @@ class StoreUnavailable(RuntimeError):
 # --------------------------------------------------------------------------------------------------------
 # Warehouse
 # --------------------------------------------------------------------------------------------------------
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, safe to show on a page."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}"
 
 
 def query_frame(settings: Settings, sql: str, params: tuple | dict | None = None) -> pd.DataFrame:
@@ -54,7 +47,7 @@ def query_frame(settings: Settings, sql: str, params: tuple | dict | None = None
 
     from kpi.db import connect
 
-    url = settings.database_url
+    url = settings.database_url  # a SecretUrl: connect() reads it, redact_url() prints it
     if not url:
         raise StoreUnavailable(
             "the warehouse is not configured (KPI_DATABASE_URL is unset): `task dashboard` starts the "
@@ -63,7 +56,7 @@ def query_frame(settings: Settings, sql: str, params: tuple | dict | None = None
     try:
         conn = connect(url, connect_timeout=max(1, int(settings.dashboard_connect_timeout_seconds)))
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        reason = settings.redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
         raise StoreUnavailable(
             f"the warehouse at {redact_url(url)} is unreachable ({reason}); start it (`task dashboard` "
             "starts the demo's embedded Postgres) or fix KPI_DATABASE_URL"
@@ -77,11 +70,12 @@ def query_frame(settings: Settings, sql: str, params: tuple | dict | None = None
             return pd.DataFrame(cur.fetchall(), columns=columns)
     except psycopg.errors.UndefinedTable as exc:
         raise StoreUnavailable(
-            f"the warehouse at {redact_url(url)} lacks a table ({str(exc).splitlines()[0]}); "
+            f"the warehouse at {redact_url(url)} lacks a table ({settings.redact(str(exc).splitlines()[0])}); "
             "run `kpi db init` (or `task demo`) to create it"
         ) from exc
     except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"the warehouse at {redact_url(url)} failed: {str(exc).strip()}") from exc
+        raise StoreUnavailable(
+            f"the warehouse at {redact_url(url)} failed: {settings.redact(str(exc).strip())}") from exc
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -112,15 +106,30 @@ def check_mlflow(settings: Settings) -> str:
     elif uri.startswith(("http://", "https://")):
         timeout = settings.dashboard_connect_timeout_seconds
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            with urllib.request.urlopen(_health_request(uri), timeout=timeout) as resp:
                 resp.read()
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            reason = settings.redact(str(getattr(exc, "reason", exc)))
             raise StoreUnavailable(
-                f"MLflow at {uri} is unreachable ({reason}); start the tracking server or fix "
+                f"MLflow at {redact_url(uri)} is unreachable ({reason}); start the tracking server or fix "
                 "MLFLOW_TRACKING_URI"
             ) from exc
     return uri
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <uri>/health, with the URL's user and password (if any) as basic auth instead of in the URL."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri.rstrip("/") + "/health")
+    if parts.username is None:
+        return urllib.request.Request(urlunsplit(parts))
+    host = parts.netloc.rpartition("@")[2]
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=host)))
+    token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    return request
 
 
 def mlflow_client(settings: Settings):
@@ -141,7 +150,8 @@ def _mlflow_call(what: str, settings: Settings, fn, *args, **kwargs):
         if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
             raise
         raise StoreUnavailable(
-            f"MLflow at {settings.resolved_mlflow_uri} failed while reading {what}: {exc.message}"
+            f"MLflow at {redact_url(settings.resolved_mlflow_uri)} failed while reading {what}:"
+            f" {settings.redact(exc.message)}"
         ) from exc
 
 
@@ -159,7 +169,8 @@ def champion_version(settings: Settings) -> str | None:
         if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None  # model or alias not registered yet
         raise StoreUnavailable(
-            f"MLflow at {settings.resolved_mlflow_uri} failed while reading the champion alias: {exc.message}"
+            f"MLflow at {redact_url(settings.resolved_mlflow_uri)} failed while reading the champion alias:"
+            f" {settings.redact(exc.message)}"
         ) from exc
     return str(mv.version)
 
@@ -278,7 +289,8 @@ def drift_report_urls(settings: Settings) -> dict[str, dict[str, str]]:
         fs, path = _storage_fs(settings, base)
         entries = fs.ls(path, detail=False) if fs.exists(path) else []
     except Exception as exc:  # fsspec backends raise their own error types
-        raise StoreUnavailable(f"object storage at {settings.resolved_storage_url} is unreachable: {exc}") from exc
+        raise StoreUnavailable(f"object storage at {settings.resolved_storage_url} is unreachable:"
+                               f" {settings.redact(str(exc))}") from exc
     scheme = base.split("://", 1)[0]
     reports: dict[str, dict[str, str]] = {}
     for entry in entries:
@@ -299,7 +311,7 @@ def read_storage_bytes(settings: Settings, url: str) -> bytes:
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise StoreUnavailable(f"object storage could not serve {url}: {exc}") from exc
+        raise StoreUnavailable(f"object storage could not serve {url}: {settings.redact(str(exc))}") from exc
 
 
 def drift_history(settings: Settings) -> pd.DataFrame:

@@ -7,13 +7,14 @@ the functions here only prepare its input and never change how it scores.
 
 from __future__ import annotations
 
+import io
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -194,13 +195,35 @@ class BatchResult:
     problems: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class UploadLimits:
+    """What the batch page accepts: bytes per file and data rows per file (both from the settings)."""
+
+    max_mb: int = 50
+    max_rows: int = 1_000_000
+    chunk_rows: int = 20_000  # rows parsed and scored at a time: bounds memory, not the result
+
+    @property
+    def max_bytes(self) -> int:
+        return self.max_mb * 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, settings) -> UploadLimits:
+        """``KPI_DASHBOARD_MAX_UPLOAD_MB`` and ``KPI_DASHBOARD_MAX_UPLOAD_ROWS``."""
+        return cls(settings.dashboard_max_upload_mb, settings.dashboard_max_upload_rows)
+
+
+# An upload is the bytes themselves (tests) or a binary file object (Streamlit's UploadedFile, read in place).
+Upload = bytes | BinaryIO
+
+
 def _source_files() -> dict[str, str]:
     from kpi.churn.sources import SOURCE_FILES
 
     return SOURCE_FILES
 
 
-def upload_shape(files: Mapping[str, bytes]) -> str:
+def upload_shape(files: Mapping[str, Upload]) -> str:
     """``"sources"`` when the uploads are the churn source CSVs (by file name), else ``"features"``.
 
     Raises:
@@ -227,24 +250,84 @@ def upload_shape(files: Mapping[str, bytes]) -> str:
     return "features"
 
 
-def features_from_sources(files: Mapping[str, bytes], cutoff: date) -> pd.DataFrame:
-    """Feature rows built from uploaded source CSVs with the pipeline's own pandas feature code."""
+def _stream(upload: Upload) -> BinaryIO:
+    """A readable binary stream at the start of ``upload`` (no copy of a file object's bytes)."""
+    if isinstance(upload, (bytes, bytearray, memoryview)):
+        return io.BytesIO(upload)
+    upload.seek(0)
+    return upload
+
+
+def _size(upload: Upload) -> int:
+    if isinstance(upload, (bytes, bytearray, memoryview)):
+        return len(upload)
+    size = getattr(upload, "size", None)  # Streamlit's UploadedFile knows it
+    if size is None:
+        upload.seek(0, io.SEEK_END)
+        size = upload.tell()
+    return int(size)
+
+
+def check_upload_limits(files: Mapping[str, Upload], limits: UploadLimits) -> list[str]:
+    """One message per file over ``limits.max_mb``; read nothing.
+
+    The server refuses larger uploads too (Streamlit ``server.maxUploadSize``); this check holds wherever
+    the files come from.
+    """
+    problems = []
+    for name, upload in files.items():
+        size = _size(upload)
+        if size > limits.max_bytes:
+            problems.append(f"{name} is {size / 1024 / 1024:.1f} MB, over the limit of {limits.max_mb} MB per file"
+                            " (KPI_DASHBOARD_MAX_UPLOAD_MB); split it, or score the sources with `kpi churn score`")
+    return problems
+
+
+def _too_many_rows(name: str, limits: UploadLimits) -> InvalidInput:
+    return InvalidInput([(f"{name} has more than {limits.max_rows:,} data rows, the limit per file"
+                          " (KPI_DASHBOARD_MAX_UPLOAD_ROWS); split it, or score the sources with `kpi churn score`")])
+
+
+def features_from_sources(files: Mapping[str, Upload], cutoff: date,
+                          limits: UploadLimits | None = None) -> pd.DataFrame:
+    """Feature rows built from uploaded source CSVs with the pipeline's own pandas feature code.
+
+    Each upload is copied to a temporary folder in 1 MB blocks (no second copy in memory), counting its
+    lines against ``limits.max_rows`` on the way.
+
+    Raises:
+        InvalidInput: a source file has more data rows than the limit.
+    """
     from kpi.churn.features import build_features_pandas, read_sources_pandas
 
+    limits = limits or UploadLimits()
     expected = {v.upper(): v for v in _source_files().values()}
     with tempfile.TemporaryDirectory(prefix="kpi-upload-") as tmp:
-        for name, data in files.items():
-            (Path(tmp) / expected[Path(name).name.upper()]).write_bytes(data)
+        for name, upload in files.items():
+            lines = 0
+            stream = _stream(upload)
+            with open(Path(tmp) / expected[Path(name).name.upper()], "wb") as out:
+                for block in iter(lambda: stream.read(1 << 20), b""):  # noqa: B023 - consumed right here
+                    lines += block.count(b"\n")
+                    if lines - 1 > limits.max_rows:  # minus the header
+                        raise _too_many_rows(name, limits)
+                    out.write(block)
         sources = read_sources_pandas(tmp)
         return build_features_pandas(sources, cutoff)
 
 
-def split_feature_rows(fields: list[FormField], frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_feature_rows(fields: list[FormField], frame: pd.DataFrame, first_row: int = 1
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Separate rows the model can score from rows it cannot, with the reason for each.
 
     A row is set aside when its user id is blank or a numeric feature is text that is not a finite
     number. Blank numerics are kept (the model imputes the training median, as in the pipeline) and so
     are values outside the training range (the form is stricter because a person typed them).
+
+    Args:
+        fields: form fields of the model's input schema.
+        frame: rows in feature shape.
+        first_row: 1-based data line of ``frame``'s first row (chunks of a bigger file).
 
     Returns:
         ``(valid, rejected)``: ``valid`` has ``ID`` + the feature columns typed for the model;
@@ -258,34 +341,36 @@ def split_feature_rows(fields: list[FormField], frame: pd.DataFrame) -> tuple[pd
         raise InvalidInput(["the CSV lacks column(s) " + ", ".join(missing)
                             + "; expected the feature shape (" + ", ".join([ID] + [f.name for f in fields])
                             + ") or the five source files"])
-    good_rows: list[dict[str, Any]] = []
-    good_ids: list[Any] = []
-    rejected = []
-    for i, rec in enumerate(frame.to_dict("records"), start=1):
-        reasons = []
-        uid = rec.get(ID)
+    # column by column (no dict per row): the same checks as before at a fraction of the memory
+    n = len(frame)
+    ids = frame[ID].to_numpy(dtype=object)
+    reasons: dict[int, list[str]] = {}
+    for i, uid in enumerate(ids):
         if uid is None or (isinstance(uid, float) and math.isnan(uid)) or str(uid).strip() == "":
-            reasons.append(f"{ID}: missing")
-        row = {}
-        for spec in fields:
-            value = rec.get(spec.name)
-            if spec.kind == "category":
-                parsed, problem = (None if _nan(value) or value is None else str(value).strip() or None), None
-            else:
-                if value is None or _nan(value) or (isinstance(value, str) and not value.strip()):
-                    parsed, problem = None, None
-                else:
-                    parsed, problem = check_value(FormField(spec.name, spec.kind), value)
+            reasons.setdefault(i, []).append(f"{ID}: missing")
+    data: dict[str, np.ndarray] = {}
+    for spec in fields:
+        column = frame[spec.name].to_numpy(dtype=object)
+        if spec.kind == "category":
+            data[spec.name] = np.array([None if v is None or _nan(v) else str(v).strip() or None for v in column],
+                                       dtype=object)
+            continue
+        bare = FormField(spec.name, spec.kind)  # type checks only: a batch keeps out-of-range values
+        values = np.full(n, np.nan)
+        for i, value in enumerate(column):
+            if value is None or _nan(value) or (isinstance(value, str) and not value.strip()):
+                continue  # blank: the model imputes it
+            parsed, problem = check_value(bare, value)
             if problem:
-                reasons.append(problem)
-            row[spec.name] = parsed
-        if reasons:
-            rejected.append({"row": i, ID: uid, "reason": "; ".join(reasons)})
-        else:
-            good_rows.append(row)
-            good_ids.append(uid)
-    valid = _typed_frame(fields, good_rows)
-    valid.insert(0, ID, good_ids)
+                reasons.setdefault(i, []).append(problem)
+            else:
+                values[i] = parsed
+        data[spec.name] = values
+    good = np.ones(n, dtype=bool)
+    good[list(reasons)] = False
+    valid = pd.DataFrame({name: values[good] for name, values in data.items()}, columns=[f.name for f in fields])
+    valid.insert(0, ID, ids[good].tolist())
+    rejected = [{"row": first_row + i, ID: ids[i], "reason": "; ".join(r)} for i, r in sorted(reasons.items())]
     return valid, pd.DataFrame(rejected, columns=["row", ID, "reason"])
 
 
@@ -308,41 +393,76 @@ def score_rows(model, valid: pd.DataFrame, feature_names: list[str]) -> tuple[pd
         return pd.DataFrame(scored, columns=[ID, PROBABILITY]), pd.DataFrame(rejected, columns=["row", ID, "reason"])
 
 
-def score_upload(model, fields: list[FormField], files: Mapping[str, bytes], cutoff: date | None = None
-                 ) -> BatchResult:
+def _feature_chunks(name: str, upload: Upload, limits: UploadLimits) -> Iterator[pd.DataFrame]:
+    """The rows of a feature-shaped CSV, ``limits.chunk_rows`` at a time, refusing more than ``max_rows``."""
+    stream = _stream(upload)
+    reader = pd.read_csv(stream, dtype=str, keep_default_na=False, na_values=[""], chunksize=limits.chunk_rows)
+    rows = 0
+    with reader:
+        for chunk in reader:
+            rows += len(chunk)
+            if rows > limits.max_rows:
+                raise _too_many_rows(name, limits)
+            yield chunk
+    if rows == 0:  # header only: no chunk came, the columns are still checked
+        yield pd.read_csv(_stream(upload), dtype=str, nrows=0)
+
+
+def _slices(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
+    for start in range(0, max(len(frame), 1), size):
+        yield frame.iloc[start:start + size]
+
+
+def score_upload(model, fields: list[FormField], files: Mapping[str, Upload], cutoff: date | None = None,
+                 limits: UploadLimits | None = None) -> BatchResult:
     """Score an upload: one feature-shaped CSV, or the five source CSVs (features built as of ``cutoff``).
+
+    Memory stays bounded by the limits: files over ``limits.max_mb`` are refused before anything is read,
+    a feature-shaped CSV is parsed, checked and scored ``limits.chunk_rows`` rows at a time (only ids,
+    probabilities and reasons are kept), and a file with more than ``limits.max_rows`` data rows is refused.
 
     Args:
         model: the champion's ``ChurnModel``.
         fields: form fields of the model's input schema (types of the feature columns).
-        files: file name -> bytes as uploaded.
+        files: file name -> bytes or a binary file object, as uploaded.
         cutoff: the "as of" date for source-shaped uploads (data strictly before it is used).
+        limits: size and row limits; default :class:`UploadLimits` ().
 
     Returns:
-        A :class:`BatchResult`; file-level problems (wrong shape, missing columns) leave ``scored`` empty.
+        A :class:`BatchResult`; file-level problems (too big, wrong shape, missing columns) leave
+        ``scored`` empty.
     """
-    import io
-
+    limits = limits or UploadLimits()
     empty = pd.DataFrame(columns=[ID, PROBABILITY])
     no_rejects = pd.DataFrame(columns=["row", ID, "reason"])
     try:
         shape = upload_shape(files)
     except InvalidInput as exc:
         return BatchResult(empty, no_rejects, "unknown", exc.problems)
+    too_big = check_upload_limits(files, limits)
+    if too_big:
+        return BatchResult(empty, no_rejects, shape, too_big)
+    names = [f.name for f in fields]
+    scored_parts, rejected_parts = [], []
+    first_row = 1
     try:
         if shape == "sources":
             if cutoff is None:
                 raise InvalidInput(["source-shaped uploads need an as-of date"])
-            frame = features_from_sources(files, cutoff)
+            chunks = _slices(features_from_sources(files, cutoff, limits), limits.chunk_rows)
         else:
-            (data,) = files.values()
-            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""])
-        valid, rejected = split_feature_rows(fields, frame)
+            ((name, upload),) = files.items()
+            chunks = _feature_chunks(name, upload, limits)
+        for chunk in chunks:
+            valid, rejected = split_feature_rows(fields, chunk, first_row)
+            first_row += len(chunk)
+            scored, refused = score_rows(model, valid, names)
+            scored_parts.append(scored)
+            rejected_parts += [r for r in (rejected, refused) if len(r)]
     except InvalidInput as exc:
         return BatchResult(empty, no_rejects, shape, exc.problems)
     except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         return BatchResult(empty, no_rejects, shape, [f"could not read the {shape} upload: {exc}"])
-    names = [f.name for f in fields]
-    scored, refused = score_rows(model, valid, names)
-    rejected = pd.concat([rejected, refused], ignore_index=True) if len(refused) else rejected
+    scored = pd.concat(scored_parts, ignore_index=True) if scored_parts else empty
+    rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else no_rejects
     return BatchResult(scored, rejected, shape)

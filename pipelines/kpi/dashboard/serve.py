@@ -19,28 +19,26 @@ from pathlib import Path
 APP = Path(__file__).resolve().parents[3] / "dashboard" / "app.py"
 
 
-def streamlit_command(app: Path, address: str, port: int) -> list[str]:
-    """The ``streamlit run`` command line for ``app`` on ``address:port`` (headless, no telemetry)."""
+def streamlit_command(app: Path, address: str, port: int, max_upload_mb: int = 50) -> list[str]:
+    """The ``streamlit run`` command line for ``app`` on ``address:port`` (headless, no telemetry).
+
+    ``max_upload_mb`` becomes ``server.maxUploadSize``: the server refuses a bigger upload while it streams
+    in, before the page sees it (Streamlit's default is 200 MB).
+    """
     return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", address,
             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "minimal"]
+            "--client.toolbarMode", "minimal", "--server.maxUploadSize", str(max_upload_mb)]
 
 
 def store_environment(settings) -> dict[str, str]:
-    """Environment that points the app at the same stores as ``settings`` (absolute, explicit)."""
-    env = {
-        "KPI_HOME": str(settings.home_dir),
-        "KPI_STORAGE_URL": settings.resolved_storage_url,
-        "MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
-    }
-    if settings.database_url:
-        env["KPI_DATABASE_URL"] = settings.database_url
-    return env
+    """Environment that points the app at the same stores as ``settings`` (absolute, explicit, with secrets)."""
+    return settings.store_environment()
 
 
 def serve(address: str = "127.0.0.1", port: int = 8501) -> int:
     """Run the dashboard until it exits; return Streamlit's exit code."""
     from kpi.local import local_services
+    from kpi.redaction import redact_url
 
     if not (APP.parent / "views").is_dir():
         raise SystemExit(f"dashboard sources not found next to the package ({APP}); run from a checkout")
@@ -48,11 +46,11 @@ def serve(address: str = "127.0.0.1", port: int = 8501) -> int:
         env = {**os.environ, **store_environment(settings)}
         if not Path(settings.resolved_mlflow_uri.removeprefix("sqlite:///")).exists() and \
                 settings.resolved_mlflow_uri.startswith("sqlite:///"):
-            print(f"note: no MLflow store at {settings.resolved_mlflow_uri} yet; run `task demo` first "
+            print(f"note: no MLflow store at {redact_url(settings.resolved_mlflow_uri)} yet; run `task demo` first "
                   "(the pages say so too)", file=sys.stderr)
         print(f"dashboard: http://{address}:{port}  (stores under {settings.home_dir}; Ctrl-C stops it "
               "and the embedded Postgres)", file=sys.stderr, flush=True)
-        proc = subprocess.Popen(streamlit_command(APP, address, port), env=env)
+        proc = subprocess.Popen(streamlit_command(APP, address, port, settings.dashboard_max_upload_mb), env=env)
         try:
             return proc.wait()
         except KeyboardInterrupt:
