@@ -2,8 +2,10 @@
 
 Measures, and writes to ``benchmarks/results/churn_training.json``:
 
-- wall time of the point-in-time training set (Spark features + labels) and of training (Hyperopt search
-  over both model families, final fit, export, parity, registration, SHAP) with ``--trials`` trials;
+- wall time of source validation (as ``kpi churn train`` does before the job), of the point-in-time
+  training set (Spark features + labels, built by ``train_model`` from the data URL, as the job does) and of
+  training (Hyperopt search over both model families, final fit, export, parity, registration, SHAP) with
+  ``--trials`` trials;
 - peak RSS of this process plus its children (the Spark JVM and Python workers), sampled every 0.2 s;
 - AUC on the TRUE next-60-day outcome (``OUTCOMES.csv``, after as_of) of the champion scored at as_of,
   of each model family (the non-winning family refitted with its best searched parameters, untimed),
@@ -182,26 +184,34 @@ def main() -> int:
     spark.sparkContext.setLogLevel("ERROR")
     from kpi.churn.registry import evaluate_and_promote
     from kpi.churn.train import train_model
+    from kpi.churn.validate import ensure_valid_sources
 
     load_before = os.getloadavg()
     with PeakRss() as rss:
+        # what `kpi churn train` does: validate the sources (the CLI), then train_model on the data URL (the
+        # job, which reuses the stored validation of the same data version and builds the features itself)
         t0 = time.perf_counter()
-        training_set = features.training_set_spark(spark, str(data), as_of).cache()
-        rows = training_set.count()
-        features_s = time.perf_counter() - t0
-        print(f"training set: {rows} rows in {features_s:.1f}s", flush=True)
+        validated = ensure_valid_sources(str(data), settings)
+        validation_s = time.perf_counter() - t0
+        print(f"validation: {validation_s:.1f}s, {validated.summary['bad_rows']} bad rows", flush=True)
         t1 = time.perf_counter()
-        result = train_model(settings, str(data), as_of, trials=args.trials, spark=spark, training_set=training_set)
-        training_s = time.perf_counter() - t1
-        print(f"training: {training_s:.1f}s, holdout AUC {result['auc']:.4f}", flush=True)
+        result = train_model(settings, str(data), as_of, trials=args.trials, spark=spark)
+        train_model_s = time.perf_counter() - t1
+        features_s = float(result["seconds"]["features"])  # training set built, cached and split
+        training_s = train_model_s - features_s
+        rows = result["rows"]["total"]
+        print(f"features {features_s:.1f}s ({rows} rows), training {training_s:.1f}s, holdout AUC "
+              f"{result['auc']:.4f}", flush=True)
         promotion = evaluate_and_promote(settings, result["model_version"])
+        t2 = time.perf_counter()
+        scoring = features.scoring_set_spark(spark, validated, as_of, settings).toPandas()
+        scoring_features_s = time.perf_counter() - t2
+        # untimed: the same training set again, for the reference model and the other family's refit
         from kpi.churn.train import ID, split_frames
 
+        training_set = features.training_set_spark(spark, validated, as_of, settings).cache()
         train_part, val_part, _ = split_frames(training_set, ID, args.seed)
         train_val_ids = [r[0] for r in train_part.unionByName(val_part).select(ID).collect()]
-        t2 = time.perf_counter()
-        scoring = features.scoring_set_spark(spark, str(data), as_of).toPandas()
-        scoring_features_s = time.perf_counter() - t2
         train_pdf = training_set.toPandas()
     load_after = os.getloadavg()
 
@@ -269,9 +279,11 @@ def main() -> int:
         "load_average_before": load_before, "load_average_after": load_after,
         "payments": sim["rows"]["PAYMENTS.csv"], "simulate_seconds": round(simulate_s, 1),
         "training_rows": rows,
+        "validation_seconds": round(validation_s, 1),
         "features_seconds": round(features_s, 1),
         "training_seconds": round(training_s, 1),
         "features_plus_training_seconds": round(features_s + training_s, 1),
+        "validation_plus_features_plus_training_seconds": round(validation_s + features_s + training_s, 1),
         "training_breakdown_seconds": result["seconds"],
         "scoring_features_seconds": round(scoring_features_s, 1),
         "peak_rss_mb": round(rss.peak / 2**20),
