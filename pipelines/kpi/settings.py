@@ -87,6 +87,19 @@ class Settings(BaseSettings):
         0.005, ge=0.0, description="AUC a candidate must gain over the champion to be promoted."
     )
     churn_search_trials: int = Field(12, ge=1, description="Hyper-parameter search trials per training run.")
+    churn_search_seconds: int = Field(
+        150, ge=0, description="Time budget of the search in seconds: no trial starts after it (a running trial"
+        " finishes; at least one runs). 0: no budget, always run KPI_CHURN_SEARCH_TRIALS trials.",
+    )
+    churn_model_families: Annotated[list[Literal["logistic_regression", "gbt"]], NoDecode] = Field(
+        default_factory=lambda: ["logistic_regression", "gbt"], min_length=1,
+        description="Model families the search chooses among (comma-separated): logistic_regression, gbt.",
+    )
+    churn_promote_incomparable: bool = Field(
+        False,
+        description="Promote a candidate that passes its guardrails when the champion cannot be scored on the "
+        "candidate's holdout (missing features, NaN scores, unreadable model); by default the champion stays.",
+    )
     churn_min_auc: float = Field(0.6, ge=0.0, le=1.0, description="Guardrail: lowest holdout AUC a champion may have.")
     churn_max_calibration_error: float = Field(
         0.1, ge=0.0, le=1.0, description="Guardrail: largest expected calibration error (ECE) a champion may have."
@@ -165,7 +178,7 @@ class Settings(BaseSettings):
         1_000_000, ge=1, description="Most data rows the batch page reads from one uploaded file."
     )
 
-    @field_validator("crypto_allowed_sites", "crypto_allowed_cryptos", mode="before")
+    @field_validator("crypto_allowed_sites", "crypto_allowed_cryptos", "churn_model_families", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
