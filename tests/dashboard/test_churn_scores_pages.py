@@ -109,7 +109,7 @@ def test_a_score_delivered_by_an_earlier_champion_says_so(app, dash_env, churn_s
     settings = dash_env(KPI_HOME=churn_store["env"]["KPI_HOME"], KPI_STORAGE_URL=churn_store["env"]["KPI_STORAGE_URL"],
                         MLFLOW_TRACKING_URI=f"sqlite:///{copy}")
     second = churn_store["rounds"][1]["training"]["model_version"]
-    MlflowClient(tracking_uri=settings.resolved_mlflow_uri).set_registered_model_alias("churn-model", "champion",
+    MlflowClient(tracking_uri=settings.resolved_mlflow_uri, registry_uri=settings.resolved_mlflow_uri).set_registered_model_alias("churn-model", "champion",
                                                                                       str(second))
     user = _user(settings, delivered["days"][-1])
     _look_up(app, str(user["user_id"]))

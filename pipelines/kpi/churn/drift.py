@@ -183,7 +183,7 @@ def log_to_mlflow(settings: Settings, summary: dict[str, Any], context: dict[str
     from mlflow import MlflowClient
 
     uri = settings.resolved_mlflow_uri
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
     if experiment is not None:
         experiment_id = experiment.experiment_id
