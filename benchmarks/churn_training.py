@@ -276,6 +276,7 @@ def main() -> int:
         "benchmark": "churn_training",
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "users": args.users, "trials": args.trials, "master": args.master, "cpu_count": os.cpu_count(),
+        "niceness": os.nice(0),
         "load_average_before": load_before, "load_average_after": load_after,
         "payments": sim["rows"]["PAYMENTS.csv"], "simulate_seconds": round(simulate_s, 1),
         "training_rows": rows,
