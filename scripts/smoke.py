@@ -4,8 +4,10 @@ Seeds the churn sources, drops the crypto extracts into the landing prefix
 (``<KPI_STORAGE_URL>/landing/crypto/``, as the upstream system would), triggers crypto_events (whose first
 task ingests them) and the churn DAGs, waits for them, then asserts what the platform promises: the landed
 files ingested, rows in prod.bt_crypto_events, the training step (a completed SparkApplication on the
-cluster), a `champion` alias in MLflow, a drift report in object storage and the dashboard answering.
-Prints one JSON summary line; exits 1 when a check failed.
+cluster), a `champion` alias in MLflow, the champion's scores of every user in prod.churn_scores
+(churn_scoring, started by the promotion's churn_champion asset), the scoring API serving that version, a
+drift report in object storage and the dashboard answering. Prints one JSON summary line; exits 1 when a
+check failed.
 
 Two targets, the same checks:
 - ``--target kind`` (default): the project's kind cluster (KUBECONFIG=.kpi/kubeconfig, set by the Taskfile),
@@ -30,7 +32,7 @@ import urllib.request
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
-DAGS = ("crypto_events", "churn_data_watchdog", "churn_training", "churn_drift_monitor")
+DAGS = ("crypto_events", "churn_data_watchdog", "churn_training", "churn_drift_monitor", "churn_scoring")
 # the platform's KPI_STORAGE_URL: global.platform.storageUrl of the chart, s3://kpi/platform (values-local.yaml
 # keeps it, and the local platform renders the same values)
 STORAGE_BUCKET, STORAGE_PREFIX = "kpi", "platform"
@@ -58,6 +60,15 @@ class KindTarget:
     def service(self, service: str, port: int):
         return port_forward(self.namespace, f"svc/{self.release}-{service}", port)
 
+    @contextmanager
+    def warehouse_url(self):
+        """The warehouse Secret's URL, pointed at a port-forward to the Postgres Service."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        url = urlsplit(self.secret(f"{self.release}-warehouse", "url"))
+        with self.service("postgres", 5432):
+            yield urlunsplit(url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:5432"))
+
     def prod_rows(self) -> int:
         count = kubectl(self.namespace, "exec", f"{self.release}-postgres-0", "--", "sh", "-c",
                         'PGPASSWORD="$POSTGRES_PASSWORD" psql -h 127.0.0.1 -U postgres -d kpi -tAc '
@@ -84,7 +95,7 @@ class LocalTarget:
         self.secrets = json.loads((state_dir() / "secrets.json").read_text())
         urls = self.state["urls"]
         self.urls = {"minio": urls["s3"], "api-server": urls["airflow"], "mlflow": urls["mlflow"],
-                     "dashboard": urls["dashboard"]}
+                     "dashboard": urls["dashboard"], "scoring": urls.get("scoring")}
 
     def secret(self, name: str, key: str) -> str:
         return base64.b64decode(self.secrets[name][key]).decode()
@@ -92,6 +103,10 @@ class LocalTarget:
     @contextmanager
     def service(self, service: str, port: int):
         yield self.urls[service]
+
+    @contextmanager
+    def warehouse_url(self):
+        yield self.state["warehouse_url"]
 
     def prod_rows(self) -> int:
         import psycopg
@@ -281,7 +296,7 @@ def asset_triggered_run(api: str, token: str, dag_id: str, since: str, wait_s: i
 
 def run_dags(api: str, token: str, crypto_day: date, data_url: str, as_of: date,
              timeout_s: int) -> tuple[dict[str, str], dict[str, str]]:
-    """Drive the four DAGs in order; (dag_id -> final state, dag_id -> run id) of the runs waited for."""
+    """Drive the five DAGs in order; (dag_id -> final state, dag_id -> run id) of the runs waited for."""
     states: dict[str, str] = {}
     runs: dict[str, str] = {}
     for dag_id in DAGS:  # fail fast, naming the DAG, when the image lacks one
@@ -299,7 +314,7 @@ def run_dags(api: str, token: str, crypto_day: date, data_url: str, as_of: date,
 
     churn_conf = {"data_url": data_url, "as_of": as_of.isoformat()}
     since = datetime.now(UTC).isoformat()
-    for dag_id in ("churn_data_watchdog", "churn_training", "churn_drift_monitor"):
+    for dag_id in ("churn_data_watchdog", "churn_training", "churn_drift_monitor", "churn_scoring"):
         set_paused(api, token, dag_id, False)
     run_id = trigger(api, token, "churn_data_watchdog", churn_conf)
     runs["churn_data_watchdog"] = run_id
@@ -308,10 +323,45 @@ def run_dags(api: str, token: str, crypto_day: date, data_url: str, as_of: date,
     run_id = asset_triggered_run(api, token, "churn_training", since) or trigger(api, token, "churn_training", churn_conf)
     runs["churn_training"] = run_id
     states["churn_training"] = wait_for(api, token, "churn_training", run_id, timeout_s)
+    # a promotion emits churn_champion, which schedules churn_scoring; without one (an earlier smoke test's
+    # champion stayed), the day's scoring is started by hand
+    run_id = asset_triggered_run(api, token, "churn_scoring", since) or trigger(api, token, "churn_scoring", churn_conf)
+    runs["churn_scoring"] = run_id
+    states["churn_scoring"] = wait_for(api, token, "churn_scoring", run_id, timeout_s)
     run_id = trigger(api, token, "churn_drift_monitor", churn_conf)
     runs["churn_drift_monitor"] = run_id
     states["churn_drift_monitor"] = wait_for(api, token, "churn_drift_monitor", run_id, timeout_s)
     return states, runs
+
+
+def delivered_scores(warehouse_url: str, as_of: date) -> dict:
+    """Users and model versions of the scores delivered for ``as_of``."""
+    import psycopg
+
+    with psycopg.connect(warehouse_url) as conn:
+        users, versions = conn.execute("SELECT count(*), array_agg(DISTINCT model_version) FROM prod.churn_scores "
+                                       "WHERE as_of = %s", (as_of,)).fetchone()
+    return {"as_of": as_of.isoformat(), "users": users, "model_versions": sorted(versions or [])}
+
+
+def scoring_api(url: str, champion_version: str | None, wait_s: int = 120) -> dict:
+    """The API's served version (it follows the alias within its TTL) and one score of a typical user."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            model = http("GET", f"{url}/model")
+        except (RuntimeError, OSError) as error:
+            model = {"error": str(error)}
+        if str(model.get("version")) == str(champion_version) or time.time() > deadline:
+            break
+        time.sleep(5)
+    if "features" not in model:
+        return {"model_version": None, "error": model.get("error")}
+    user = {name: spec.get("default") for name, spec in model["features"].items()}
+    answer = http("POST", f"{url}/score", {"users": [{"id": 1, "features": user}], "top_k": 3})
+    prediction = answer["predictions"][0]
+    return {"model_version": answer["model_version"], "p_active_60d": prediction["p_active_60d"],
+            "top_features": [c["feature"] for c in prediction["shap"]["contributions"]]}
 
 
 def main() -> int:
@@ -340,6 +390,7 @@ def main() -> int:
         token = login(target, api)
         checks["dag_runs"], runs = run_dags(api, token, CRYPTO_DAY, checks["churn_sources"], CHURN_AS_OF, args.timeout)
         checks["training"] = target.training_ran(api, token, runs["churn_training"])
+        checks["churn_scoring_run"] = runs["churn_scoring"]  # asset_triggered__...: started by the promotion
 
     checks["crypto_landing_after_run"] = landed_files_ingested(target, checks["crypto_landed"]["files"])
     checks["prod_bt_crypto_events_rows"] = target.prod_rows()
@@ -350,6 +401,12 @@ def main() -> int:
         except RuntimeError as missing:  # 404: no model or no alias, a failed check rather than a crash
             alias = {"error": str(missing)}
         checks["champion_version"] = alias.get("model_version", {}).get("version")
+
+    with target.warehouse_url() as url:
+        checks["churn_scores"] = delivered_scores(url, CHURN_AS_OF)
+
+    with target.service("scoring", 8000) as scoring:
+        checks["scoring_api"] = scoring_api(scoring, checks["champion_version"])
 
     with target.service("minio", 9000) as s3:
         listing = s3_client(target, s3).list_objects_v2(Bucket=STORAGE_BUCKET,
@@ -367,6 +424,11 @@ def main() -> int:
         ("rows in prod.bt_crypto_events", checks["prod_bt_crypto_events_rows"] > 0),
         (target.training_check, checks["training"] > 0),
         ("a champion alias in MLflow", bool(checks["champion_version"])),
+        ("the champion's scores of every user in prod.churn_scores",
+         checks["churn_scores"]["users"] == args.users
+         and checks["churn_scores"]["model_versions"] == [int(checks["champion_version"] or 0)]),
+        ("the scoring API serves the champion", checks["scoring_api"].get("model_version") is not None
+         and str(checks["scoring_api"]["model_version"]) == str(checks["champion_version"])),
         ("a drift report in object storage", bool(checks["drift_reports"])),
         ("the dashboard answers", checks["dashboard_health"].strip() == "ok"),
     ) if not ok]

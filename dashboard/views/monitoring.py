@@ -1,7 +1,9 @@
-"""Monitoring: churn drift (latest Evidently report, drift share over time) and crypto data quality."""
+"""Monitoring: churn drift (latest Evidently report, drift share over time), the churn scores delivered to the
+warehouse (distribution and risk bands over time) and crypto data quality."""
 
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 from app_support import guarded, settings
 from kpi.dashboard import reports
@@ -30,6 +32,46 @@ if history is not None:
         with st.expander(f"Latest Evidently report ({as_of})", expanded=True):
             # the report is our own pipeline's output from our own storage, not user input
             st.iframe(html, height=900)
+
+st.header("Churn scores delivered")
+distribution = guarded("Warehouse unavailable", reports.churn_score_distribution, s)
+if distribution is not None:
+    if distribution.empty:
+        st.info("No churn score delivered yet: the churn_scoring DAG (daily, and after each promotion) or "
+                "`kpi churn deliver --data ... --as-of ...` writes prod.churn_scores.")
+    else:
+        latest = distribution.iloc[-1]
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Latest as-of date", str(latest["as_of"]))
+        c2.metric("Users scored", f"{int(latest['users']):,}")
+        c3.metric("Model version(s)", str(latest["model_versions"]))
+        fig = go.Figure([
+            go.Scatter(x=distribution["as_of"], y=distribution["p90"], line={"width": 0}, showlegend=False,
+                       hoverinfo="skip"),
+            go.Scatter(x=distribution["as_of"], y=distribution["p10"], fill="tonexty", line={"width": 0},
+                       name="p10-p90", fillcolor="rgba(31,119,180,0.15)"),
+            go.Scatter(x=distribution["as_of"], y=distribution["p75"], line={"width": 0}, showlegend=False,
+                       hoverinfo="skip"),
+            go.Scatter(x=distribution["as_of"], y=distribution["p25"], fill="tonexty", line={"width": 0},
+                       name="p25-p75", fillcolor="rgba(31,119,180,0.35)"),
+            go.Scatter(x=distribution["as_of"], y=distribution["p50"], mode="lines+markers", name="median"),
+            go.Scatter(x=distribution["as_of"], y=distribution["mean"], mode="lines", name="mean",
+                       line={"dash": "dot"}),
+        ])
+        fig.update_layout(title="Distribution of p_active_60d per as-of date", yaxis={"range": [0, 1]})
+        st.plotly_chart(fig, key="score_distribution_chart")
+        bands = guarded("Warehouse unavailable", reports.churn_risk_bands, s)
+        if bands is not None and not bands.empty:
+            from kpi.churn.delivery import RISK_BANDS
+
+            labels = {name: f"{name} risk (p_active_60d {lo:g}-{hi:g})" for name, lo, hi in RISK_BANDS}
+            fig = px.bar(bands.assign(band=bands["band"].map(labels)), x="as_of", y="share", color="band",
+                         barmode="stack", title="Share of users by churn risk band",
+                         color_discrete_sequence=["#d62728", "#ff7f0e", "#2ca02c"])
+            fig.update_layout(yaxis={"tickformat": ".0%"})
+            st.plotly_chart(fig, key="risk_band_chart")
+            st.dataframe(bands.pivot_table(index="as_of", columns="band", values="share", fill_value=0.0),
+                         key="risk_band_table")
 
 st.header("Crypto data quality")
 runs = guarded("Warehouse unavailable", reports.crypto_dq_runs, s)

@@ -16,5 +16,6 @@ def run_demo(days: int = 10, churn_users: int = 5000, skip_churn: bool = False) 
             from kpi.churn.demo import run_churn_demo
 
             summary["churn"] = run_churn_demo(settings, users=churn_users)
-    summary["next"] = "task dashboard  # serves the dashboard on http://127.0.0.1:8501 against these stores"
+    summary["next"] = ("task dashboard  # the dashboard on http://127.0.0.1:8501 against these stores; "
+                       "task serve  # the scoring API on http://127.0.0.1:8000")
     return summary

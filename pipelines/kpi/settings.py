@@ -98,6 +98,19 @@ class Settings(BaseSettings):
         0.005, ge=0.0, description="AUC a candidate must gain over the champion to be promoted."
     )
     churn_search_trials: int = Field(12, ge=1, description="Hyper-parameter search trials per training run.")
+    churn_search_seconds: int = Field(
+        150, ge=0, description="Time budget of the search in seconds: no trial starts after it (a running trial"
+        " finishes; at least one runs). 0: no budget, always run KPI_CHURN_SEARCH_TRIALS trials.",
+    )
+    churn_model_families: Annotated[list[Literal["logistic_regression", "gbt"]], NoDecode] = Field(
+        default_factory=lambda: ["logistic_regression", "gbt"], min_length=1,
+        description="Model families the search chooses among (comma-separated): logistic_regression, gbt.",
+    )
+    churn_promote_incomparable: bool = Field(
+        False,
+        description="Promote a candidate that passes its guardrails when the champion cannot be scored on the "
+        "candidate's holdout (missing features, NaN scores, unreadable model); by default the champion stays.",
+    )
     churn_min_auc: float = Field(0.6, ge=0.0, le=1.0, description="Guardrail: lowest holdout AUC a champion may have.")
     churn_max_calibration_error: float = Field(
         0.1, ge=0.0, le=1.0, description="Guardrail: largest expected calibration error (ECE) a champion may have."
@@ -143,6 +156,23 @@ class Settings(BaseSettings):
         "kubernetes_default", description="Airflow connection of SparkKubernetesOperator (in-cluster by default)."
     )
 
+    # --- churn serving: the scoring API and the daily scores --------------------------------------------
+    churn_serve_champion_ttl_seconds: float = Field(
+        30, gt=0, description="How often the scoring API (`kpi churn serve`) re-reads the champion alias: a"
+                              " promotion is served within this many seconds, without a restart.",
+    )
+    churn_serve_top_k: int = Field(
+        5, ge=0, le=100, description="SHAP contributions per prediction the scoring API returns when a request"
+                                     " does not say (0: none).",
+    )
+    churn_serve_max_users: int = Field(
+        10_000, ge=1, description="Most users one POST /score may carry; a bigger request is refused (413).",
+    )
+    churn_scoring_engine: Literal["auto", "pandas", "spark"] = Field(
+        "auto", description="How the daily churn scoring (churn_scoring DAG) builds features: auto (pandas for"
+                            " small sources, as drift does), pandas, spark.",
+    )
+
     # --- dashboard -----------------------------------------------------------------------------------
     dashboard_champion_ttl_seconds: int = Field(
         30, ge=1, description="How long the dashboard trusts its last read of the champion alias."
@@ -159,7 +189,7 @@ class Settings(BaseSettings):
         1_000_000, ge=1, description="Most data rows the batch page reads from one uploaded file."
     )
 
-    @field_validator("crypto_allowed_sites", "crypto_allowed_cryptos", mode="before")
+    @field_validator("crypto_allowed_sites", "crypto_allowed_cryptos", "churn_model_families", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

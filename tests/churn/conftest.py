@@ -10,6 +10,9 @@
   them and stores the outcome there.
 - ``copy_sources(dest)``: a helper fixture that copies ``churn_data`` into ``dest`` and returns the path,
   for tests that break or change a file.
+- ``trained``: one real training run (job.py under spark-submit) on ``churn_data``, shared by the model tests.
+- ``synthetic_fits``: per model family (``logistic_regression``, ``gbt``) a small Spark pipeline fitted on
+  synthetic users with its JVM-free export (``model_support.SyntheticFit``), for export, parity and SHAP tests.
 """
 
 from __future__ import annotations
@@ -124,3 +127,11 @@ def trained(tmp_path_factory, churn_data):
     return trained_store(
         tmp_path_factory.getbasetemp() / "churn-model-store", churn_data.url, churn_data.as_of.isoformat()
     )
+
+
+@pytest.fixture(scope="session")
+def synthetic_fits(spark):
+    """Both model families fitted on synthetic users and exported (see ``model_support.fit_synthetic``)."""
+    from model_support import fit_synthetic
+
+    return {family: fit_synthetic(spark, family) for family in ("logistic_regression", "gbt")}

@@ -125,7 +125,7 @@ def drift_env(kpi_env, champion_store, monkeypatch):
 def _monitoring_runs(settings):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=settings.resolved_mlflow_uri)
+    client = MlflowClient(tracking_uri=settings.resolved_mlflow_uri, registry_uri=settings.resolved_mlflow_uri)
     experiment = client.get_experiment_by_name("churn-monitoring")
     return client.search_runs([experiment.experiment_id]) if experiment else []
 

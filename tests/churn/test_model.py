@@ -1,145 +1,177 @@
-"""The JVM-free ChurnModel: export from a fitted Spark pipeline, parity with Spark, persistence, schema."""
+"""The JVM-free ChurnModel, both families: export from a fitted Spark pipeline, parity with Spark,
+persistence as plain data (and refusal of malformed data), schema, metrics."""
 
 from __future__ import annotations
+
+import copy
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from kpi.churn.model import ChurnModel, classification_metrics, expected_calibration_error
+from kpi.churn.metrics import classification_metrics, expected_calibration_error
+from kpi.churn.model import ChurnModel, ModelFormatError
+from model_support import CATEGORICAL, NUMERIC
 
-NUMERIC = ["recency", "amount", "visits"]
-CATEGORICAL = ["card", "city"]
-
-
-def synthetic_users(n: int, seed: int) -> pd.DataFrame:
-    """Users with a known signal, missing numerics, integer columns and null categories."""
-    rng = np.random.default_rng(seed)
-    recency = rng.exponential(30, n)
-    amount = rng.lognormal(3, 1, n)
-    visits = rng.poisson(4, n)
-    card = rng.choice(np.array(["BLACK", "GOLD", "CLASSIC", None], dtype=object), n, p=[0.2, 0.3, 0.4, 0.1])
-    city = rng.choice(np.array(["Cordoba", "Rosario", "Buenos Aires"], dtype=object), n)
-    logit = 1.0 - 0.05 * recency + 0.3 * np.log(amount) + 0.1 * visits + np.where(card == "BLACK", 0.7, 0.0)
-    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
-    amount = np.where(rng.random(n) < 0.1, np.nan, amount)
-    return pd.DataFrame(
-        {"CUS_CUST_ID_BUY": np.arange(n), "recency": recency.round(), "amount": amount, "visits": visits,
-         "card": card, "city": city, "label": label}
-    )
+FAMILIES = ["logistic_regression", "gbt"]
 
 
-def to_spark(spark, df: pd.DataFrame):
-    from pyspark.sql import types as T
-
-    schema = T.StructType([
-        T.StructField("CUS_CUST_ID_BUY", T.LongType()), T.StructField("recency", T.DoubleType()),
-        T.StructField("amount", T.DoubleType()), T.StructField("visits", T.LongType()),
-        T.StructField("card", T.StringType()), T.StructField("city", T.StringType()),
-        T.StructField("label", T.IntegerType()),
-    ])
-    def number(v):
-        return None if pd.isna(v) else float(v)
-
-    rows = [
-        (int(r.CUS_CUST_ID_BUY), number(r.recency), number(r.amount), int(r.visits), r.card, r.city, int(r.label))
-        for r in df.itertuples()
-    ]
-    return spark.createDataFrame(rows, schema)
-
-
-@pytest.fixture(scope="module")
-def fitted(spark):
-    """A Spark pipeline fitted on synthetic users, its export, and a scoring set with surprises."""
-    from kpi.churn.model import export_pipeline
-    from kpi.churn.train import as_model_input, build_pipeline
-    from pyspark.sql import functions as F
-
-    train_pdf = synthetic_users(800, seed=1)
-    train = as_model_input(to_spark(spark, train_pdf), NUMERIC, CATEGORICAL).withColumn(
-        "label", F.col("label").cast("double")
-    )
-    pipeline = build_pipeline(NUMERIC, CATEGORICAL, {"reg_param": 0.01, "elastic_net": 0.3}, "label")
-    spark_model = pipeline.fit(train)
-    model = export_pipeline(spark_model, numeric_ranges={"recency": [0.0, 200.0]})
-    test_pdf = synthetic_users(300, seed=2)
-    # a category never seen in training and missing values in every column kind
-    test_pdf.loc[0, "card"] = "PLATINUM"
-    test_pdf.loc[1, "city"] = None
-    test_pdf.loc[2, "recency"] = np.nan
-    return spark_model, model, test_pdf
-
-
-def spark_probabilities(spark, spark_model, pdf: pd.DataFrame) -> np.ndarray:
-    from kpi.churn.train import as_model_input, positive_probability
-
-    frame = as_model_input(to_spark(spark, pdf), NUMERIC, CATEGORICAL)
-    out = positive_probability(spark_model, frame, ["CUS_CUST_ID_BUY"]).sort_values("CUS_CUST_ID_BUY")
-    return out["p"].to_numpy()
-
-
-def test_numpy_export_matches_spark_within_1e_6(spark, fitted):
-    spark_model, model, test_pdf = fitted
-    expected = spark_probabilities(spark, spark_model, test_pdf)
-    got = model.predict_proba(test_pdf.sort_values("CUS_CUST_ID_BUY"))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_numpy_export_matches_spark_within_1e_6(spark, synthetic_fits, family):
+    fit = synthetic_fits[family]
+    expected = fit.spark_probabilities(spark, fit.test)
+    got = fit.model.predict_proba(fit.test.sort_values("CUS_CUST_ID_BUY"))
+    assert fit.model.family == family
     assert len(got) == len(expected) == 300
     assert np.max(np.abs(got - expected)) < 1e-6
 
 
-def test_unseen_and_missing_categories_share_the_unknown_slot(fitted):
-    _, model, test_pdf = fitted
-    row = test_pdf.iloc[[0]].copy()
-    as_null = row.assign(card=None)
-    assert model.predict_proba(row)[0] == pytest.approx(model.predict_proba(as_null)[0], abs=0)
+def test_the_tree_export_has_categorical_and_continuous_splits(synthetic_fits):
+    model = synthetic_fits["gbt"].model
+    trees = model.trees.trees
+    assert len(trees) == 15 and trees[0].weight == 1.0
+    categorical = [n for t in trees for n, c in enumerate(t.left_categories) if c is not None]
+    continuous = [n for t in trees for n, th in enumerate(t.threshold) if th is not None]
+    assert categorical and continuous, "the synthetic signal needs both kinds of split"
+    # missing numerics get their own branch: a value below every training value
+    assert all(model.impute_values[c] < model.numeric_ranges.get(c, [0, 0])[0] for c in ("recency",))
 
 
-def test_missing_numeric_is_imputed_with_the_training_median(fitted):
-    _, model, test_pdf = fitted
-    row = test_pdf.iloc[[2]].copy()
-    imputed = row.assign(recency=model.impute_values["recency"])
-    assert model.predict_proba(row)[0] == model.predict_proba(imputed)[0]
+def test_unseen_and_missing_categories_share_the_unknown_slot(synthetic_fits):
+    for fit in synthetic_fits.values():
+        row = fit.test.iloc[[0]].copy()
+        as_null = row.assign(card=None)
+        assert fit.model.predict_proba(row)[0] == pytest.approx(fit.model.predict_proba(as_null)[0], abs=0)
 
 
-def test_export_reads_the_layout_of_the_pipeline(fitted):
-    _, model, _ = fitted
+def test_missing_numeric_takes_the_stored_impute_value(synthetic_fits):
+    for fit in synthetic_fits.values():
+        model = fit.model
+        row = fit.test.iloc[[2]].copy()
+        imputed = row.assign(recency=model.impute_values["recency"])
+        assert model.predict_proba(row)[0] == model.predict_proba(imputed)[0]
+
+
+def test_export_reads_the_layout_of_the_regression(synthetic_fits):
+    model = synthetic_fits["logistic_regression"].model
     assert model.numeric_features == NUMERIC
     assert model.categorical_features == CATEGORICAL
     assert sorted(model.categories["card"]) == ["BLACK", "CLASSIC", "GOLD"]
-    assert len(model.coefficients) == len(model.design_columns()) == 3 + 4 + 4
+    assert len(model.linear.coefficients) == len(model.design_columns()) == 3 + 4 + 5
     # the signal the data was generated with survives: recency lowers, BLACK raises the probability
-    coef = dict(zip(model.design_columns(), model.coefficients, strict=True))
+    coef = dict(zip(model.design_columns(), model.linear.coefficients, strict=True))
     assert coef[("recency", "")] < 0
     assert coef[("card", "BLACK")] > coef[("card", "CLASSIC")]
 
 
-def test_save_and_load_round_trip_exactly(tmp_path, fitted):
-    _, model, test_pdf = fitted
-    loaded = ChurnModel.load(model.save(tmp_path / "m.json"))
-    assert loaded.to_dict() == model.to_dict()
-    assert np.array_equal(loaded.predict_proba(test_pdf), model.predict_proba(test_pdf))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_and_load_round_trip_exactly(tmp_path, synthetic_fits, family):
+    fit = synthetic_fits[family]
+    loaded = ChurnModel.load(fit.model.save(tmp_path / "m.json"))
+    assert loaded.to_dict() == fit.model.to_dict()
+    assert np.array_equal(loaded.predict_proba(fit.test), fit.model.predict_proba(fit.test))
 
 
-def test_input_schema_describes_every_feature_for_forms(fitted):
-    _, model, _ = fitted
-    schema = model.input_schema()
-    assert list(schema) == NUMERIC + CATEGORICAL
-    assert schema["recency"] == {"type": "numeric", "min": 0.0, "max": 200.0, "default": model.impute_values["recency"]}
-    assert schema["card"]["type"] == "categorical"
-    assert set(schema["card"]["categories"]) == {"BLACK", "GOLD", "CLASSIC"}
-    assert model.predict_proba(model.example_frame(3)).shape == (3,)
+def test_single_rows_and_batches_score_alike(synthetic_fits):
+    # trees are traversed in chunks of rows; a row's probability must not depend on its neighbours
+    model = synthetic_fits["gbt"].model
+    big = pd.concat([synthetic_fits["gbt"].test] * 20, ignore_index=True)
+    batch = model.predict_proba(big)
+    singles = np.array([model.predict_proba(big.iloc[[i]])[0] for i in range(0, len(big), 97)])
+    assert np.array_equal(batch[::97], singles)
 
 
-def test_missing_feature_columns_are_named_in_the_error(fitted):
-    _, model, test_pdf = fitted
-    with pytest.raises(ValueError, match="amount"):
-        model.predict_proba(test_pdf.drop(columns=["amount"]))
-
-
-def test_a_layout_that_does_not_match_the_coefficients_is_refused(fitted):
-    _, model, _ = fitted
+def test_a_format_1_model_still_loads(synthetic_fits):
+    model = synthetic_fits["logistic_regression"].model
     data = model.to_dict()
-    data["coefficients"] = data["coefficients"][:-1]
+    linear = data.pop("linear")
+    old = {k: v for k, v in data.items() if k not in ("family", "trees", "numeric_defaults")}
+    old.update(format_version=1, **linear)
+    loaded = ChurnModel.from_dict(old)
+    assert np.array_equal(loaded.predict_proba(synthetic_fits["logistic_regression"].test),
+                          model.predict_proba(synthetic_fits["logistic_regression"].test))
+
+
+def _tampered(data: dict, path: str, value) -> dict:
+    out = copy.deepcopy(data)
+    *keys, last = path.split(".")
+    target = out
+    for k in keys:
+        target = target[int(k)] if isinstance(target, list) else target[k]
+    if isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+    return out
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("trees.trees.0.left.0", 0, "must follow it"),  # a cycle back to the root
+    ("trees.trees.0.feature.0", 99, "splits on column 99"),
+    ("trees.trees.0.value", [0.0], "one length"),
+    ("trees.trees.0.cover.0", -1.0, "cover"),
+    ("trees.margin_scale", "2", "must be a number"),
+    ("family", "neural_net", "not one of"),
+    ("impute_values.recency", None, "must be a number"),
+    ("__class__", "os.system", "unknown fields"),
+])
+def test_malformed_model_data_is_refused_naming_the_field(synthetic_fits, path, value, message):
+    data = synthetic_fits["gbt"].model.to_dict()
+    with pytest.raises(ModelFormatError, match=message):
+        ChurnModel.from_dict(_tampered(data, path, value))
+
+
+def test_categorical_split_indices_are_checked(synthetic_fits):
+    data = synthetic_fits["gbt"].model.to_dict()
+    tree = next(t for t in data["trees"]["trees"] if any(c is not None for c in t["left_categories"]))
+    node = next(i for i, c in enumerate(tree["left_categories"]) if c is not None)
+    tree["left_categories"][node] = [0, 1000]
+    with pytest.raises(ModelFormatError, match="category indices"):
+        ChurnModel.from_dict(data)
+
+
+def test_non_finite_numbers_in_the_file_are_refused(tmp_path, synthetic_fits):
+    text = json.dumps(synthetic_fits["gbt"].model.to_dict()).replace('"weight": 1.0', '"weight": NaN', 1)
+    (tmp_path / "m.json").write_text(text)
+    with pytest.raises(ModelFormatError, match="NaN"):
+        ChurnModel.load(tmp_path / "m.json")
+
+
+def test_input_schema_describes_every_feature_for_forms(synthetic_fits):
+    for fit in synthetic_fits.values():
+        model = fit.model
+        schema = model.input_schema()
+        assert list(schema) == NUMERIC + CATEGORICAL
+        assert schema["recency"]["type"] == "numeric"
+        assert (schema["recency"]["min"], schema["recency"]["max"]) == (0.0, 200.0)
+        assert schema["card"]["type"] == "categorical"
+        assert set(schema["card"]["categories"]) == {"BLACK", "GOLD", "CLASSIC"}
+        assert model.predict_proba(model.example_frame(3)).shape == (3,)
+    # the regression's default is its median; a tree model's is the stored median, not its "missing" value
+    assert synthetic_fits["gbt"].model.input_schema()["recency"]["default"] == 21.0
+
+
+def test_missing_feature_columns_are_named_in_the_error(synthetic_fits):
+    for fit in synthetic_fits.values():
+        with pytest.raises(ValueError, match="amount"):
+            fit.model.predict_proba(fit.test.drop(columns=["amount"]))
+
+
+def test_a_layout_that_does_not_match_the_coefficients_is_refused(synthetic_fits):
+    data = synthetic_fits["logistic_regression"].model.to_dict()
+    data["linear"]["coefficients"] = data["linear"]["coefficients"][:-1]
     with pytest.raises(ValueError, match="coefficients"):
         ChurnModel.from_dict(data)
+
+
+def test_the_scoring_module_imports_only_numpy_pandas_numba_and_the_standard_library():
+    # kpi/churn/model.py is bundled as it is into the MLflow artefact, which has no kpi package
+    import sys
+
+    from model_support import scoring_module_imports
+
+    names = scoring_module_imports()
+    assert names <= {"numpy", "pandas", "numba"} | set(sys.stdlib_module_names), names
 
 
 def test_metrics_of_perfect_and_constant_scores():
@@ -152,6 +184,23 @@ def test_metrics_of_perfect_and_constant_scores():
     assert expected_calibration_error(np.array([1, 1]), np.array([0.2, 0.2])) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="NaN"):
         classification_metrics(y, np.array([0.1, np.nan, 0.5, 0.5]))
+
+
+def test_the_search_space_has_the_family_as_a_dimension():
+    from hyperopt.pyll.stochastic import sample
+    from kpi.churn.train import search_space, trial_params
+
+    space = search_space(["logistic_regression", "gbt"])
+    rng = np.random.default_rng(0)
+    drawn = [trial_params(sample(space, rng=rng)) for _ in range(40)]
+    assert {d["family"] for d in drawn} == {"logistic_regression", "gbt"}
+    gbt = [d for d in drawn if d["family"] == "gbt"]
+    assert all(isinstance(d["max_depth"], int) and 3 <= d["max_depth"] <= 6 for d in gbt)
+    assert all({"reg_param", "elastic_net"} <= set(d) for d in drawn if d["family"] == "logistic_regression")
+    only = search_space(["gbt"])
+    assert isinstance(only, dict) and only["family"] == "gbt"
+    with pytest.raises(ValueError, match="model families"):
+        search_space(["xgboost"])
 
 
 def test_model_constants_agree_with_the_data_seams():

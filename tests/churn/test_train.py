@@ -53,7 +53,11 @@ def test_every_trial_is_a_nested_run_with_metrics_dataset_and_data_version(train
         assert {"val_roc_auc", "val_pr_auc", "val_log_loss", "val_brier", "val_ece"} <= set(
             child.data.metrics
         )
-        assert {"reg_param", "elastic_net"} <= set(child.data.params)
+        family = child.data.params["model_family"]
+        expected = {"reg_param", "elastic_net"} if family == "logistic_regression" else {
+            "max_depth", "max_iter", "step_size"}
+        assert expected <= set(child.data.params)
+        assert child.data.tags["model_family"] == family
         assert child.data.tags["data_version"] == trained.result["data_version"]
         assert [d.dataset.digest for d in child.inputs.dataset_inputs] == [
             trained.result["data_version"][:32]
@@ -61,6 +65,10 @@ def test_every_trial_is_a_nested_run_with_metrics_dataset_and_data_version(train
     assert parent.data.tags["data_version"] == trained.result["data_version"]
     assert parent.inputs.dataset_inputs, "the parent run logs the training dataset"
     assert parent.data.metrics["holdout_roc_auc"] == pytest.approx(trained.result["auc"])
+    assert parent.data.params["model_families"] == "logistic_regression,gbt"
+    assert parent.data.tags["model_family"] == trained.result["model_family"]
+    assert trained.result["model_family"] == max(
+        children, key=lambda c: c.data.metrics["val_roc_auc"]).data.params["model_family"]
 
 
 def test_run_carries_holdout_reference_features_and_a_registered_pyfunc(trained, tmp_path):
@@ -77,10 +85,13 @@ def test_run_carries_holdout_reference_features_and_a_registered_pyfunc(trained,
         download_run_artifact(trained.settings, run_id, "holdout/holdout.parquet", tmp_path)
     )
     assert len(holdout) == trained.result["rows"]["holdout"] and set(holdout["label"]) == {0.0, 1.0}
+    # every feature column of the training set: a champion with other features scores the same users
+    assert set(FEATURE_COLUMNS) <= set(holdout.columns)
 
     version = client(trained.settings).get_model_version("churn-model", "1")
     assert version.run_id == run_id
     assert version.tags["data_version"] == trained.result["data_version"]
+    assert version.tags["model_family"] == trained.result["model_family"]
     with using_store(trained.settings):
         pyfunc = mlflow.pyfunc.load_model("models:/churn-model/1")
     signature = pyfunc.metadata.get_input_schema()
@@ -117,3 +128,33 @@ def test_score_without_a_champion_says_so(tmp_path, churn_data):
 
     with pytest.raises(NoChampionError, match="kpi churn train"):
         score_users(store_settings(tmp_path), churn_data.url, churn_data.as_of, str(tmp_path / "x.csv"))
+
+
+@pytest.mark.parametrize("family", ["gbt", "logistic_regression"])
+def test_each_family_trains_exports_with_parity_and_registers(family, churn_data, spark, tmp_path):
+    """In-process training restricted to one family on the real feature set (the search picks only it)."""
+    from kpi.churn.mlflow_utils import client, load_version_model
+    from kpi.churn.train import train_model
+    from model_support import store_settings
+
+    settings = store_settings(tmp_path).model_copy(update={"churn_model_families": [family]})
+    result = train_model(settings, churn_data.url, churn_data.as_of, trials=1, spark=spark)
+    assert result["model_family"] == family and result["trial_families"] == [family]
+    assert result["parity_max_abs_diff"] < 1e-6
+    assert result["auc"] > 0.7
+    model = load_version_model(settings, result["model_version"])
+    assert model.family == family
+    assert (model.trees is not None) == (family == "gbt")
+    tags = client(settings).get_model_version(settings.churn_model_name, str(result["model_version"])).tags
+    assert tags["model_family"] == family
+
+
+def test_the_search_stops_starting_trials_after_its_time_budget(churn_data, spark, tmp_path):
+    from kpi.churn.train import train_model
+    from model_support import store_settings
+
+    settings = store_settings(tmp_path).model_copy(
+        update={"churn_model_families": ["logistic_regression"], "churn_search_seconds": 1})
+    result = train_model(settings, churn_data.url, churn_data.as_of, trials=5, spark=spark)
+    assert result["trials"] == 5 and result["trials_run"] == 1  # one Spark fit takes longer than 1 s
+    assert result["parity_max_abs_diff"] < 1e-6

@@ -175,12 +175,18 @@ def test_training_then_drift_monitor_dags_on_the_local_backend(dag_env, churn_so
     from kpi import storage
     from kpi.churn.registry import load_champion
 
+    promotions = len(_events("churn_champion"))
     trained = _run("churn_training", {"data_url": str(churn_sources["base"]), "as_of": AS_OF.isoformat(),
                                       "trials": 2})
     assert trained["state"] == "success", trained
     assert set(trained["tasks"].values()) == {"success"}
     decision = trained["xcom"]["evaluate_and_promote"]
     assert decision["decision"] == "promoted"  # the first model becomes champion
+    # ...which churn_champion announces to churn_scoring, with the model and the training's inputs
+    events = _events("churn_champion")
+    assert len(events) == promotions + 1
+    assert events[-1]["model_version"] == int(decision["training"]["model_version"])
+    assert events[-1]["as_of"] == AS_OF.isoformat() and events[-1]["data_url"] == str(churn_sources["base"])
     champion = load_champion(dag_env)
     assert champion is not None and str(champion.version) == str(decision["training"]["model_version"])
 

@@ -147,7 +147,7 @@ def test_new_champion_is_picked_up_without_restart(app, champion_env, churn_stor
 
     monkeypatch.setenv("KPI_DASHBOARD_CHAMPION_TTL_SECONDS", "1")
     settings = reload_settings()
-    client = MlflowClient(tracking_uri=settings.resolved_mlflow_uri)
+    client = MlflowClient(tracking_uri=settings.resolved_mlflow_uri, registry_uri=settings.resolved_mlflow_uri)
     current = client.get_model_version_by_alias("churn-model", "champion").version
     other = next(str(r["training"]["model_version"]) for r in churn_store["rounds"]
                  if str(r["training"]["model_version"]) != str(current))

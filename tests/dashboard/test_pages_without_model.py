@@ -28,7 +28,7 @@ def test_registry_with_no_champion_says_so(app, dash_env, tmp_path):
     from mlflow import MlflowClient
 
     settings = dash_env()
-    MlflowClient(tracking_uri=settings.resolved_mlflow_uri).search_experiments()  # creates the real store
+    MlflowClient(tracking_uri=settings.resolved_mlflow_uri, registry_uri=settings.resolved_mlflow_uri).search_experiments()  # creates the real store
     app.run()
     assert not app.exception
     assert "No champion model yet" in page_text(app)

@@ -31,7 +31,8 @@ def test_every_program_of_the_chart_runs_except_what_needs_a_cluster(processes):
     daemons = {name for name, p in processes.items() if p.kind == "daemon"}
     assert daemons == {f"{RELEASE}-mlflow/mlflow", f"{RELEASE}-api-server/api-server", f"{RELEASE}-scheduler/scheduler",
                        f"{RELEASE}-dag-processor/dag-processor", f"{RELEASE}-triggerer/triggerer",
-                       f"{RELEASE}-dashboard/dashboard", f"{RELEASE}-jupyterlab/jupyterlab"}
+                       f"{RELEASE}-dashboard/dashboard", f"{RELEASE}-jupyterlab/jupyterlab",
+                       f"{RELEASE}-scoring/scoring"}
     jobs = [name for name, p in processes.items() if p.kind == "job"]
     # the chart's migrations and bootstrap Jobs run first, then each pod's init containers before its server
     assert jobs[:2] == [f"{RELEASE}-run-airflow-migrations/run-airflow-migrations", f"{RELEASE}-db-bootstrap-1/db-init"]
@@ -56,8 +57,12 @@ def test_command_lines_are_the_charts_with_addresses_and_paths_bridged(local_ren
     entrypoint, _ = image_command(dashboard["image"])
     ours = processes[f"{RELEASE}-dashboard/dashboard"].argv
     assert ours[:2] == entrypoint[:2] and ours[2].endswith("/dashboard/app.py")
-    assert ours[3:5] == ["--server.address=127.0.0.1", f"--server.port={local_render.ports['dashboard']}"]
-    assert ours[5:] == dashboard["args"][2:]  # the rest as the chart gives it (the upload cap)
+    assert ours[3:] == ["--server.address=127.0.0.1", f"--server.port={local_render.ports['dashboard']}",
+                        *dashboard["args"][2:]]  # the upload cap as the chart sets it
+    scoring = _container(local_render, "Deployment", f"{RELEASE}-scoring", "scoring")
+    assert scoring["command"][:3] == ["kpi", "churn", "serve"]  # the chart's command, listening here
+    assert processes[f"{RELEASE}-scoring/scoring"].argv == [
+        "kpi", "churn", "serve", "--host", "127.0.0.1", "--port", str(local_render.ports["scoring"])]
 
 
 def test_environments_are_the_charts_plus_only_the_permitted_differences(local_render, processes):

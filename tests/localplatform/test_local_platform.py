@@ -1,6 +1,6 @@
 """`task platform-up` then `task smoke TARGET=local`, for real: the chart's programs as processes (Postgres, an
-S3 server, MLflow, Airflow 3's api-server, scheduler, dag-processor and triggerer, the dashboard), driven by
-the same smoke script as the kind workflow, then `task platform-down`."""
+S3 server, MLflow, Airflow 3's api-server, scheduler, dag-processor and triggerer, the dashboard, JupyterLab,
+the scoring API), driven by the same smoke script as the kind workflow, then `task platform-down`."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_platform_up_starts_every_component_healthy(platform):
     assert up["ok"] and up["_rc"] == 0, up["_stderr"][-3000:]
     assert up["health"] and all(up["health"].values()), up["health"]
     assert set(up["health"]) == {"postgres", "s3", "mlflow", "dashboard", "airflow api-server", "airflow scheduler",
-                                 "airflow dag-processor", "airflow triggerer", "jupyterlab"}
+                                 "airflow dag-processor", "airflow triggerer", "jupyterlab", "scoring"}
     assert set(up["differences"]) == {"executor", "spark", "object storage", "postgres", "addresses", "images"}
     # the login printed is the chart's generated one and the API accepts it
     assert f"admin / {up['airflow_login']['password']}" in up["_stderr"]
@@ -91,6 +91,10 @@ def test_the_smoke_script_passes_against_the_local_platform(platform):
     assert result.returncode == 0 and summary["target"] == "local"
     assert summary["training"] >= 1 and summary["prod_bt_crypto_events_rows"] > 0
     assert all(state == "success" for state in summary["dag_runs"].values())
+    # the promotion's churn_champion asset started the scoring, which delivered every user; the API serves it
+    assert summary["churn_scoring_run"].startswith("asset_triggered__"), summary["churn_scoring_run"]
+    assert summary["churn_scores"]["users"] == 2000
+    assert summary["scoring_api"]["model_version"] == int(summary["champion_version"])
 
 
 def _execute_on_server(url: str, token: str, notebook: Path) -> list[dict]:

@@ -85,13 +85,45 @@ def train(
         "auc": result["auc"],
         "data_version": result["data_version"],
         "backend": result.get("backend"),
+        "model_family": result.get("model_family"),
         "decision": promotion["decision"],
+        "reason_code": promotion["reason_code"],
         "reason": promotion["reason"],
+        "compared_with_version": promotion["compared_with_version"],
         "champion_auc": promotion["champion_auc"],
         "champion_version": promotion["champion_version"],
         "results_url": result.get("results_url"),
         "source_validation": quality_report(validation),
     }
+
+
+@app.command("deliver")
+@json_command
+def deliver(
+    data: str = typer.Option(..., "--data", help="Folder or URL (file://, s3://) with the five source CSVs."),
+    as_of: str = typer.Option(..., "--as-of", help="Scoring date YYYY-MM-DD (features from data before it)."),
+    engine: str | None = typer.Option(None, "--engine", help="auto, pandas or spark (default KPI_CHURN_SCORING_ENGINE)."),
+) -> dict:
+    """Score every user with the champion into prod.churn_scores for --as-of (what the churn_scoring DAG runs;
+    a rerun changes nothing)."""
+    from kpi.churn.delivery import deliver_scores
+    from kpi.settings import get_settings
+
+    return deliver_scores(get_settings(), data, parse_date(as_of, "--as-of"), engine=engine)
+
+
+@app.command("serve")
+@json_command
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 in a container)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="One log line per request."),
+) -> dict:
+    """Serve the champion over HTTP (POST /score, GET /model, GET /healthz); follows the alias without restart."""
+    from kpi.churn.serve import serve as run
+    from kpi.settings import get_settings
+
+    return run(get_settings(), host, port, access_log=access_log)
 
 
 @app.command("score")

@@ -1,10 +1,12 @@
-"""The churn part of ``kpi demo``: two rounds of data through the three churn DAGs with ``dag.test()``.
+"""The churn part of ``kpi demo``: two rounds of data through the four churn DAGs with ``dag.test()``.
 
 Round 1 simulates the sources, the watchdog fires (and stays quiet on a second look), training promotes
 the first champion and drift finds nothing. Round 2 replaces the sources with a shifted population a month
 later: the watchdog fires on the changed files, drift crosses the threshold and emits ``churn_drift``, and
-training evaluates the second model against the champion on the same holdout and decides. The demo plays
-the scheduler's part: it starts ``churn_training`` with the ``data_url``/``as_of`` the asset events carry.
+training evaluates the second model against the champion on the same holdout and decides. Each round ends
+with that day's ``churn_scoring`` run, which delivers the champion's scores of every user to
+``prod.churn_scores``. The demo plays the scheduler's part: it starts ``churn_training`` with the
+``data_url``/``as_of`` the asset events carry, and ``churn_scoring`` as its daily schedule would.
 """
 
 from __future__ import annotations
@@ -55,16 +57,16 @@ def run_churn_demo(settings: Settings, users: int = 5000, trials: int = DEMO_TRI
         seed: simulator seed.
 
     Returns:
-        ``rounds`` (per round: watchdog, training decision and AUCs, drift share), ``champion_version``,
-        ``data_url``, ``failed_runs`` (DAG runs that did not succeed) and ``seconds``.
+        ``rounds`` (per round: watchdog, training decision and AUCs, drift share, scores delivered),
+        ``champion_version``, ``data_url``, ``failed_runs`` (DAG runs that did not succeed) and ``seconds``.
     """
     from rich.console import Console
     from rich.table import Table
 
+    from kpi.airflow_local import activate_airflow_home, prepare_airflow_home, run_dag_once
     from kpi.churn.registry import load_champion
     from kpi.churn.simulate import simulate_sources
     from kpi.churn.watchdog import watched_data_url
-    from kpi.airflow_local import activate_airflow_home, prepare_airflow_home, run_dag_once
 
     console = Console()
     started = time.perf_counter()
@@ -107,6 +109,9 @@ def run_churn_demo(settings: Settings, users: int = 5000, trials: int = DEMO_TRI
                                               "trials": trials})
         if number == 1:
             drift_run = dag("churn_drift_monitor", {"data_url": data_url, "as_of": day.isoformat()})
+        # the day's scores of every user, by the champion after this round's decision
+        scoring = dag("churn_scoring", {"data_url": data_url, "as_of": day.isoformat()})
+        delivered = (scoring.get("xcom", {}).get("deliver_scores")) or {}
         decision = (training or {}).get("xcom", {}).get("evaluate_and_promote") or {}
         drift = (drift_run or {}).get("xcom", {}).get("measure_drift") or {}
         rounds.append({
@@ -121,11 +126,12 @@ def run_churn_demo(settings: Settings, users: int = 5000, trials: int = DEMO_TRI
             "decision": decision.get("decision"), "candidate_auc": decision.get("candidate_auc"),
             "champion_auc": decision.get("champion_auc"), "reason": decision.get("reason"),
             "oracle_auc": simulated["oracle_auc"],
+            "scores_delivered": delivered.get("users"), "scored_by_version": delivered.get("model_version"),
         })
 
     champion = load_champion(settings)
     # one column per round keeps the table readable on an 80-column terminal
-    table = Table(title="churn: churn_data_watchdog -> churn_drift_monitor -> churn_training, per round")
+    table = Table(title="churn: watchdog -> drift monitor -> training -> scoring, per round")
     table.add_column("", justify="left")
     for row in rounds:
         table.add_column(f"round {row['round']}", justify="left")
@@ -133,13 +139,15 @@ def run_churn_demo(settings: Settings, users: int = 5000, trials: int = DEMO_TRI
               ("changed files", "changed_files"), ("events on 2nd look", "watchdog_second_look_events"),
               ("drift share", "drift_share"), ("churn_drift emitted", "drift_event"),
               ("model version", "model_version"), ("decision", "decision"), ("candidate AUC", "candidate_auc"),
-              ("champion AUC", "champion_auc"), ("oracle AUC", "oracle_auc"), ("why", "reason")]
+              ("champion AUC", "champion_auc"), ("oracle AUC", "oracle_auc"), ("why", "reason"),
+              ("scores delivered", "scores_delivered"), ("scored by version", "scored_by_version")]
     for label, key in fields:
         table.add_row(label, *(_cell(len(r[key]) if key == "changed_files" else r[key]) for r in rounds))
     console.print(table)
     if champion is not None:
         console.print(f"champion: churn-model v{champion.version} (AUC {_cell(champion.auc)}); "
-                      f"drift reports under {settings.resolved_storage_url}/drift-reports/")
+                      f"drift reports under {settings.resolved_storage_url}/drift-reports/; "
+                      "scores in prod.churn_scores (`task serve` answers over HTTP)")
     failed = [r["run_id"] for r in runs if r["state"] != "success"]
     return {"data_url": data_url, "rounds": rounds,
             "champion_version": str(champion.version) if champion else None,

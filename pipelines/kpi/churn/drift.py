@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kpi import storage
+from kpi.churn.sources import PANDAS_MAX_SOURCE_BYTES, feature_engine  # noqa: F401 - the threshold, shared with scoring
 from kpi.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ log = logging.getLogger(__name__)
 
 MONITORING_EXPERIMENT = "churn-monitoring"
 REPORTS_PREFIX = "drift-reports"
-# Above this much source data the current features are built with Spark instead of pandas.
-PANDAS_MAX_SOURCE_BYTES = 256 * 1024 * 1024
 
 
 class DriftInputError(ValueError):
@@ -184,7 +183,7 @@ def log_to_mlflow(settings: Settings, summary: dict[str, Any], context: dict[str
     from mlflow import MlflowClient
 
     uri = settings.resolved_mlflow_uri
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
     if experiment is not None:
         experiment_id = experiment.experiment_id
@@ -250,18 +249,6 @@ def load_reference_features(settings: Settings) -> tuple[pd.DataFrame, dict[str,
                    "reference_features_uri": uri}
 
 
-def _source_bytes(settings: Settings, data_url: str) -> int:
-    from kpi.churn.sources import SOURCE_FILES
-
-    fs, path = storage.filesystem(data_url, settings)
-    total = 0
-    for name in SOURCE_FILES.values():
-        target = f"{path.rstrip('/')}/{name}"
-        if fs.exists(target):
-            total += int(fs.size(target) or 0)
-    return total
-
-
 def current_features(settings: Settings, data_url, as_of: dt.date,
                      engine: str = "auto") -> tuple[pd.DataFrame, str]:
     """Features as of ``as_of`` (data strictly before it) of the users eligible then, and the engine used.
@@ -277,9 +264,7 @@ def current_features(settings: Settings, data_url, as_of: dt.date,
     from kpi.churn.validate import ValidatedSources, ensure_valid_sources
 
     validated = data_url if isinstance(data_url, ValidatedSources) else ensure_valid_sources(data_url, settings)
-    if engine == "auto":
-        small = _source_bytes(settings, validated.data_url) <= PANDAS_MAX_SOURCE_BYTES
-        engine = "pandas" if small else "spark"
+    engine = feature_engine(settings, validated.data_url, engine)
     if engine == "pandas":
         return features.monitoring_set_pandas(validated, as_of, settings), engine
     if engine != "spark":

@@ -114,6 +114,37 @@ def data_version(data_url: str, settings: Settings | None = None) -> str:
     return digest.hexdigest()
 
 
+# Above this much source data, features are built with Spark instead of pandas (drift, daily scoring).
+PANDAS_MAX_SOURCE_BYTES = 256 * 1024 * 1024
+
+
+def total_bytes(data_url: str, settings: Settings | None = None) -> int:
+    """Size of the five source files together (a missing one counts 0)."""
+    from kpi import storage
+
+    fs, path = storage.filesystem(data_url, settings)
+    total = 0
+    for name in SOURCE_FILES.values():
+        target = f"{path.rstrip('/')}/{name}"
+        if fs.exists(target):
+            total += int(fs.size(target) or 0)
+    return total
+
+
+def feature_engine(settings: Settings, data_url: str, engine: str = "auto") -> str:
+    """``pandas`` or ``spark`` for building features of ``data_url``: ``auto`` picks pandas up to
+    :data:`PANDAS_MAX_SOURCE_BYTES` of sources (no JVM for small data), Spark above.
+
+    Raises:
+        ValueError: ``engine`` is none of auto, pandas, spark.
+    """
+    if engine == "auto":
+        return "pandas" if total_bytes(data_url, settings) <= PANDAS_MAX_SOURCE_BYTES else "spark"
+    if engine not in ("pandas", "spark"):
+        raise ValueError(f"unknown feature engine {engine!r}: use auto, pandas or spark")
+    return engine
+
+
 def is_remote(data_url: str) -> bool:
     """True for URLs that need fsspec (s3:// and friends), False for local paths and file://."""
     return "://" in str(data_url) and not str(data_url).startswith("file://")

@@ -5,12 +5,13 @@ in-process fallback of ``kpi churn train``. Steps:
 
 1. the point-in-time training set from :mod:`kpi.churn.features` (cutoff = as_of - 60 days);
 2. a deterministic split by a hash of the user id: 20% holdout, 16% validation, 64% train;
-3. Hyperopt TPE (fixed seed) over the elastic-net logistic regression's ``regParam`` and
-   ``elasticNetParam``; the preprocessing is fitted once on train and every trial is a nested MLflow run;
-4. the full Spark pipeline refitted on train + validation with the best parameters, scored on the holdout;
-5. export to :class:`kpi.churn.model.ChurnModel`, parity against Spark on the holdout (< 1e-6),
-   registration as a new version of ``churn-model`` with the holdout, reference features and SHAP
-   artifacts on the run, and the results file ``training-runs/<as_of>/<data_version>.json``.
+3. Hyperopt TPE (fixed seed) over the model family (``KPI_CHURN_MODEL_FAMILIES``: elastic-net logistic
+   regression, Spark's gradient-boosted trees) and each family's parameters; each family's preprocessing
+   is fitted once on train, and every trial is a nested MLflow run;
+4. the winner's full Spark pipeline refitted on train + validation with its parameters, scored on the holdout;
+5. export to :class:`kpi.churn.model.ChurnModel` (:mod:`kpi.churn.export`), parity against Spark on the
+   holdout (< 1e-6), registration as a new version of ``churn-model`` with the holdout, reference
+   features and SHAP artifacts on the run, and the results file ``training-runs/<as_of>/<data_version>.json``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kpi.churn.model import FAMILIES, GBT, LOGISTIC_REGRESSION
 from kpi.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,26 +46,25 @@ REFERENCE_ARTIFACT = "reference/features.parquet"
 FEATURES_COL = "features"
 NUMERIC_VEC = "numeric_vec"
 NUMERIC_SCALED = "numeric_scaled"
+GBT_MAX_BINS = 64  # >= the categories of any categorical feature plus the unknown slot
+GBT_MIN_INSTANCES_PER_NODE = 20
 
 
-# --- Spark pipeline ------------------------------------------------------------------------------------
+# --- Spark pipelines ------------------------------------------------------------------------------------
 def preprocessing_stages(numeric: list[str], categorical: list[str]) -> list:
-    """Imputation + scaling of numerics, indexing + one-hot of categoricals, one assembled vector."""
+    """Regression: imputation + scaling of numerics, indexing + one-hot of categoricals, one assembled vector."""
     from pyspark.ml.feature import Imputer, OneHotEncoder, StandardScaler, StringIndexer, VectorAssembler
 
-    stages: list = []
-    inputs: list[str] = []
-    if numeric:
-        imputed = [f"{c}__imputed" for c in numeric]
-        stages += [
-            Imputer(inputCols=numeric, outputCols=imputed, strategy="median"),
-            VectorAssembler(inputCols=imputed, outputCol=NUMERIC_VEC),
-            StandardScaler(inputCol=NUMERIC_VEC, outputCol=NUMERIC_SCALED, withMean=True, withStd=True),
-        ]
-        inputs.append(NUMERIC_SCALED)
-    else:
-        # the exported layout expects a numeric block first; keep the two-assembler shape regardless
+    if not numeric:
+        # the exported layout expects a numeric block first
         raise ValueError("the churn model needs at least one numeric feature")
+    imputed = [f"{c}__imputed" for c in numeric]
+    stages: list = [
+        Imputer(inputCols=numeric, outputCols=imputed, strategy="median"),
+        VectorAssembler(inputCols=imputed, outputCol=NUMERIC_VEC),
+        StandardScaler(inputCol=NUMERIC_VEC, outputCol=NUMERIC_SCALED, withMean=True, withStd=True),
+    ]
+    inputs = [NUMERIC_SCALED]
     if categorical:
         indexed = [f"{c}__idx" for c in categorical]
         onehot = [f"{c}__ohe" for c in categorical]
@@ -76,10 +78,48 @@ def preprocessing_stages(numeric: list[str], categorical: list[str]) -> list:
     return stages
 
 
-def logistic_regression(params: dict[str, float], label: str):
-    """The elastic-net logistic regression of one trial (inputs are already standardised)."""
-    from pyspark.ml.classification import LogisticRegression
+def tree_preprocessing_stages(numeric: list[str], categorical: list[str]) -> list:
+    """Trees: category indices (null and unseen -> one extra index) next to the numerics, one vector.
 
+    The numerics' missing values are filled before the pipeline (:func:`fill_missing`); the indexer's
+    metadata makes the trees split categories as sets, not as ordered numbers.
+    """
+    from pyspark.ml.feature import StringIndexer, VectorAssembler
+
+    if not numeric:
+        raise ValueError("the churn model needs at least one numeric feature")
+    indexed = [f"{c}__idx" for c in categorical]
+    stages: list = [StringIndexer(inputCols=categorical, outputCols=indexed, handleInvalid="keep")] if categorical else []
+    stages.append(VectorAssembler(inputCols=[*numeric, *indexed], outputCol=FEATURES_COL))
+    return stages
+
+
+def family_preprocessing(family: str, numeric: list[str], categorical: list[str]) -> list:
+    """The preprocessing stages of ``family``."""
+    if family == GBT:
+        return tree_preprocessing_stages(numeric, categorical)
+    return preprocessing_stages(numeric, categorical)
+
+
+def classifier(params: dict[str, Any], label: str, seed: int = 42):
+    """The Spark estimator of one trial: ``params["family"]`` (default: logistic regression) and its parameters."""
+    from pyspark.ml.classification import GBTClassifier, LogisticRegression
+
+    family = params.get("family", LOGISTIC_REGRESSION)
+    if family == GBT:
+        return GBTClassifier(
+            featuresCol=FEATURES_COL,
+            labelCol=label,
+            maxDepth=int(params["max_depth"]),
+            maxIter=int(params["max_iter"]),
+            stepSize=float(params["step_size"]),
+            maxBins=GBT_MAX_BINS,
+            minInstancesPerNode=GBT_MIN_INSTANCES_PER_NODE,
+            seed=seed,
+        )
+    if family != LOGISTIC_REGRESSION:
+        raise ValueError(f"unknown model family {family!r} (known: {FAMILIES})")
+    # inputs are already standardised
     return LogisticRegression(
         featuresCol=FEATURES_COL,
         labelCol=label,
@@ -91,11 +131,21 @@ def logistic_regression(params: dict[str, float], label: str):
     )
 
 
-def build_pipeline(numeric: list[str], categorical: list[str], params: dict[str, float], label: str):
-    """The complete Spark ML pipeline: preprocessing followed by the logistic regression."""
+def logistic_regression(params: dict[str, float], label: str):
+    """The elastic-net logistic regression of one trial (inputs are already standardised)."""
+    return classifier({**params, "family": LOGISTIC_REGRESSION}, label)
+
+
+def build_pipeline(numeric: list[str], categorical: list[str], params: dict[str, Any], label: str, seed: int = 42):
+    """The complete Spark ML pipeline of ``params["family"]``: preprocessing followed by the classifier.
+
+    A tree pipeline expects numerics without missing values (:func:`fill_missing` with the model's
+    impute values), like :class:`kpi.churn.model.ChurnModel` does before its trees.
+    """
     from pyspark.ml import Pipeline
 
-    return Pipeline(stages=[*preprocessing_stages(numeric, categorical), logistic_regression(params, label)])
+    family = params.get("family", LOGISTIC_REGRESSION)
+    return Pipeline(stages=[*family_preprocessing(family, numeric, categorical), classifier(params, label, seed)])
 
 
 def as_model_input(df, numeric: list[str], categorical: list[str]):
@@ -105,6 +155,20 @@ def as_model_input(df, numeric: list[str], categorical: list[str]):
     casts = {c: F.col(c).cast("double") for c in numeric}
     casts.update({c: F.col(c).cast("string") for c in categorical})
     return df.withColumns(casts)
+
+
+def fill_missing(df, values: dict[str, float]):
+    """Missing numerics (null or NaN) replaced per column (the tree family's input)."""
+    return df.fillna({c: float(v) for c, v in values.items()}) if values else df
+
+
+def missing_values_for_trees(ranges: dict[str, list[float]], numeric: list[str]) -> dict[str, float]:
+    """A value below every training value per numeric: "missing" becomes its own branch of the trees."""
+    out = {}
+    for c in numeric:
+        lo = ranges.get(c, [0.0, 0.0])[0]
+        out[c] = float(math.floor(lo) - max(1.0, abs(lo)))
+    return out
 
 
 def split_frames(df, id_col: str, seed: int):
@@ -130,17 +194,50 @@ def positive_probability(fitted, df, keep: list[str]):
     return out.toPandas()
 
 
-SEARCH_SPACE_BOUNDS = {"reg_param": (1e-5, 0.3), "elastic_net": (0.0, 1.0)}
+SEARCH_SPACE_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
+    LOGISTIC_REGRESSION: {"reg_param": (1e-5, 0.3), "elastic_net": (0.0, 1.0)},
+    # bounded so that a trial stays within seconds on 2 cores at 100k users (Spark fits a tree per iteration)
+    GBT: {"max_depth": (3, 5), "max_iter": (40, 100), "step_size": (0.05, 0.3)},
+}
 
 
-def _search_space():
+def search_space(families: list[str]):
+    """Hyperopt space: the family is a dimension (``hp.choice``), each family with its own parameters."""
     from hyperopt import hp
 
-    lo, hi = SEARCH_SPACE_BOUNDS["reg_param"]
-    return {
-        "reg_param": hp.loguniform("reg_param", math.log(lo), math.log(hi)),
-        "elastic_net": hp.uniform("elastic_net", *SEARCH_SPACE_BOUNDS["elastic_net"]),
-    }
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"model families {families} must be a non-empty subset of {FAMILIES}")
+    spaces = []
+    for family in families:
+        bounds = SEARCH_SPACE_BOUNDS[family]
+        if family == LOGISTIC_REGRESSION:
+            lo, hi = bounds["reg_param"]
+            spaces.append({
+                "family": family,
+                "reg_param": hp.loguniform("reg_param", math.log(lo), math.log(hi)),
+                "elastic_net": hp.uniform("elastic_net", *bounds["elastic_net"]),
+            })
+        else:
+            lo, hi = bounds["step_size"]
+            spaces.append({
+                "family": family,
+                "max_depth": hp.quniform("max_depth", *bounds["max_depth"], 1),
+                "max_iter": hp.quniform("max_iter", *bounds["max_iter"], 10),
+                "step_size": hp.loguniform("step_size", math.log(lo), math.log(hi)),
+            })
+    return spaces[0] if len(spaces) == 1 else hp.choice("family", spaces)
+
+
+def trial_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's sampled parameters with integers where Spark wants integers."""
+    out = dict(params)
+    if out.get("family") == GBT:
+        out["max_depth"], out["max_iter"] = int(out["max_depth"]), int(out["max_iter"])
+    else:
+        out.setdefault("family", LOGISTIC_REGRESSION)
+        out.setdefault("max_iter", 100)
+    return out
 
 
 # --- sessions --------------------------------------------------------------------------------------------
@@ -176,6 +273,19 @@ def _numeric_ranges(df, numeric: list[str]) -> dict[str, list[float]]:
 
 
 # --- the job ----------------------------------------------------------------------------------------------
+@dataclass
+class _TrainingData:
+    """The training frame, its split and the feature lists of one run."""
+
+    frame: Any
+    train: Any
+    validation: Any
+    holdout: Any
+    numeric: list[str]
+    categorical: list[str]
+    rows: int
+
+
 def train_model(
     settings: Settings,
     data_url: str,
@@ -190,18 +300,21 @@ def train_model(
     """Search, fit, evaluate, export, register; write the results file and return its content.
 
     Args:
-        settings: platform settings (MLflow URI, storage, seed, model name).
-        data_url: folder or URL of the five source files.
+        settings: platform settings (MLflow URI, storage, seed, model name, model families).
+        data_url: folder or URL of the five source files (validated, bad rows quarantined, before use).
         as_of: training date; features come from before ``as_of - 60 days``.
         trials: Hyperopt trials (default ``settings.churn_search_trials``).
         spark: a SparkSession (default: the active one or a local one).
         training_set: a ready Spark DataFrame ``[ID, *features, label]`` instead of building it
             from ``data_url`` (tests on synthetic frames).
-        data_version: the data version tag (default: :func:`kpi.churn.sources.data_version`).
-        numeric_features, categorical_features: override the feature lists of :mod:`kpi.churn.features`.
+        data_version: the data version tag (default: the validated sources' data version).
+        numeric_features, categorical_features: the features the model uses (default: those the time
+            policy makes available, :func:`kpi.churn.features.available_features`). Other columns of the training set are kept in the holdout artifact,
+            so that a champion with other features can be scored on the same users.
 
     Returns:
-        ``run_id, model_version, auc, data_version`` and the other holdout metrics, parity and timings.
+        ``run_id, model_version, auc, data_version``, ``model_family`` and the other holdout metrics,
+        parity and timings.
     """
     from pyspark.sql import functions as F
 
@@ -209,7 +322,6 @@ def train_model(
 
     started = time.perf_counter()
     trials = int(trials or settings.churn_search_trials)
-    seed = settings.churn_seed
     spark = spark or spark_session(settings)
     label, id_col = LABEL, ID
     source_data = None
@@ -231,24 +343,76 @@ def train_model(
         data_version = source_data.data_version if source_data else sources.data_version(data_url)
 
     frame = as_model_input(training_set, numeric, categorical).withColumn(label, F.col(label).cast("double"))
-    frame = frame.select(id_col, *numeric, *categorical, label).cache()
+    others = [c for c in frame.columns if c not in {id_col, label, *numeric, *categorical}]
+    # as many partitions as cores: Spark's GBT runs a few jobs per tree level, and at this size the
+    # per-task overhead, not the data, sets their cost (4 -> 2 partitions halved a fit on local[2])
+    frame = frame.select(id_col, *numeric, *categorical, *others, label).coalesce(_cores(spark)).cache()
     counts = {r[label]: r["count"] for r in frame.groupBy(label).count().collect()}
     n_rows = int(sum(counts.values()))
     if n_rows == 0 or len(counts) < 2:
         raise ValueError(f"training set for as_of {as_of} has {n_rows} rows and labels {sorted(counts)}: need both classes")
-    train, validation, holdout = (f.cache() for f in split_frames(frame, id_col, seed))
-    features_built = time.perf_counter()
+    train, validation, holdout = (f.cache() for f in split_frames(frame, id_col, settings.churn_seed))
+    data = _TrainingData(frame, train, validation, holdout, numeric, categorical, n_rows)
+    timings = {"started": started, "features_built": time.perf_counter()}
 
     with mlflow_utils.using_store(settings):
-        return _search_fit_register(
-            settings, data_url, as_of, trials, seed, spark, frame, train, validation, holdout, numeric, categorical,
-            data_version, n_rows, started, features_built, source_data=source_data,
-        )
+        return _search_fit_register(settings, data_url, as_of, trials, data, data_version, timings, source_data)
 
 
-def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, train, validation, holdout,
-                         numeric, categorical, data_version, n_rows, started, features_built,
-                         source_data=None) -> dict[str, Any]:
+def _prepared_family(family: str, data: _TrainingData, fill: dict[str, float]):
+    """``(train, validation)`` of ``family`` as cached ``[features, label]`` frames (preprocessing fitted on train)."""
+    from pyspark.ml import Pipeline
+
+    train, validation = data.train, data.validation
+    if family == GBT:
+        train, validation = fill_missing(train, fill), fill_missing(validation, fill)
+    prep = Pipeline(stages=family_preprocessing(family, data.numeric, data.categorical)).fit(train)
+    train_t = prep.transform(train).select(FEATURES_COL, LABEL).coalesce(_cores(train.sparkSession)).cache()
+    val_t = prep.transform(validation).select(FEATURES_COL, LABEL).coalesce(_cores(train.sparkSession)).cache()
+    train_t.count()
+    val_t.count()
+    return train_t, val_t
+
+
+def fit_final(train_val, numeric: list[str], categorical: list[str], params: dict[str, Any], seed: int,
+              ranges: dict[str, list[float]], metadata: dict[str, Any] | None = None):
+    """Fit the pipeline of ``params["family"]`` on ``train_val`` and export it: ``(PipelineModel, ChurnModel)``.
+
+    Score other Spark frames with the pipeline through :func:`model_frame` (trees read their numerics
+    with missing values filled, as the exported model does).
+    """
+    from kpi.churn.export import export_pipeline
+
+    family = params.get("family", LOGISTIC_REGRESSION)
+    fill = missing_values_for_trees(ranges, numeric) if family == GBT else {}
+    train_val = fill_missing(train_val, fill).coalesce(_cores(train_val.sparkSession))
+    fitted = build_pipeline(numeric, categorical, params, LABEL, seed).fit(train_val)
+    model = export_pipeline(
+        fitted, numeric_ranges=ranges, metadata=metadata,
+        impute_values=fill if family == GBT else None,
+        numeric_defaults=_numeric_medians(train_val, numeric) if family == GBT else None,
+    )
+    return fitted, model
+
+
+def model_frame(df, model):
+    """``df`` as the Spark pipeline of ``model`` reads it (tree models: missing numerics filled)."""
+    return fill_missing(df, model.impute_values) if model.family == GBT else df
+
+
+def _cores(spark) -> int:
+    """The cluster's default parallelism (2 on local[2])."""
+    return max(1, int(spark.sparkContext.defaultParallelism))
+
+
+def _numeric_medians(df, numeric: list[str]) -> dict[str, float]:
+    """Approximate median per numeric (the form default of tree models); all-null columns are left out."""
+    quantiles = df.approxQuantile(numeric, [0.5], 0.001)
+    return {c: float(q[0]) for c, q in zip(numeric, quantiles, strict=True) if q}
+
+
+def _search_fit_register(settings: Settings, data_url: str, as_of: dt.date, trials: int, data: _TrainingData,
+                         data_version: str, timings: dict[str, float], source_data=None) -> dict[str, Any]:
     """The MLflow part of :func:`train_model` (runs with MLflow pointed at the settings' store)."""
     import mlflow
     import numpy as np
@@ -256,13 +420,15 @@ def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, 
     from mlflow.data.meta_dataset import MetaDataset
 
     from kpi import storage
-    from kpi.churn import mlflow_utils
-    from kpi.churn.model import classification_metrics, export_pipeline
+    from kpi.churn import explain, mlflow_utils
+    from kpi.churn.metrics import classification_metrics
 
-    label, id_col, horizon = LABEL, ID, LABEL_HORIZON_DAYS
+    label, id_col, horizon, seed = LABEL, ID, LABEL_HORIZON_DAYS, settings.churn_seed
+    numeric, categorical = data.numeric, data.categorical
+    families = list(settings.churn_model_families)
     experiment_id = mlflow_utils.experiment_id(EXPERIMENT, settings)
     dataset = mlflow.data.from_spark(
-        frame, path=data_url, name=f"churn-training-{as_of.isoformat()}", digest=data_version[:32], targets=label
+        data.frame, path=data_url, name=f"churn-training-{as_of.isoformat()}", digest=data_version[:32], targets=label
     )
     # trials log the same dataset without re-profiling it (the Spark profile costs a job per call)
     trial_dataset = MetaDataset(source=dataset.source, name=dataset.name, digest=dataset.digest, schema=dataset.schema)
@@ -274,14 +440,10 @@ def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, 
     }
     if source_data is not None:  # (issue 11) which features the model uses and why the others were dropped
         common_tags.update(source_data.features.tags())
-
-    from pyspark.ml import Pipeline
-
-    prep = Pipeline(stages=preprocessing_stages(numeric, categorical)).fit(train)
-    train_t = prep.transform(train).select(FEATURES_COL, label).cache()
-    val_t = prep.transform(validation).select(FEATURES_COL, label).cache()
-    train_t.count()
-    val_t.count()
+    train_val = data.train.unionByName(data.validation)
+    ranges = _numeric_ranges(train_val, numeric)
+    tree_fill = missing_values_for_trees(ranges, numeric)  # the same values fit_final derives
+    prepared: dict[str, tuple[Any, Any]] = {}  # family -> (train, validation), built on the first trial
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"churn-train-{as_of.isoformat()}") as parent:
         mlflow.set_tags({**common_tags, "kind": "training"})
@@ -291,52 +453,66 @@ def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, 
 
             log_to_active_run(source_data.validation, settings)
         mlflow.log_params(
-            {"trials": trials, "seed": seed, "rows": n_rows, "numeric_features": ",".join(numeric),
-             "categorical_features": ",".join(categorical), "search": "hyperopt-tpe"}
+            {"trials": trials, "seed": seed, "rows": data.rows, "numeric_features": ",".join(numeric),
+             "categorical_features": ",".join(categorical), "search": "hyperopt-tpe",
+             "model_families": ",".join(families)}
         )
         trial_results: list[dict[str, Any]] = []
 
-        def objective(params: dict[str, float]) -> dict[str, Any]:
+        def objective(sampled: dict[str, Any]) -> dict[str, Any]:
+            params = trial_params(sampled)
+            family = params["family"]
             number = len(trial_results)
             trial_started = time.perf_counter()
+            if family not in prepared:
+                prepared[family] = _prepared_family(family, data, tree_fill)
+            train_t, val_t = prepared[family]
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{number:02d}", nested=True):
-                mlflow.set_tags({**common_tags, "kind": "trial"})
+                mlflow.set_tags({**common_tags, "kind": "trial", "model_family": family})
                 mlflow.log_input(trial_dataset, context="training")
-                mlflow.log_params({"reg_param": params["reg_param"], "elastic_net": params["elastic_net"],
-                                   "max_iter": 100, "model_family": "logistic_regression"})
-                fitted = logistic_regression(params, label).fit(train_t)
+                mlflow.log_params({**{k: v for k, v in params.items() if k != "family"}, "model_family": family})
+                fitted = classifier(params, label, seed).fit(train_t)
                 preds = positive_probability(fitted, val_t, [label])
                 metrics = classification_metrics(preds[label].to_numpy(), preds["p"].to_numpy())
                 mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
-            trial_results.append({"params": dict(params), **metrics})
-            log.info("trial %d: AUC %.4f in %.1fs (%d iterations)", number, metrics["roc_auc"],
-                     time.perf_counter() - trial_started, fitted.summary.totalIterations)
+                seconds = time.perf_counter() - trial_started
+                mlflow.log_metric("trial_seconds", seconds)
+            trial_results.append({"params": params, "seconds": round(seconds, 2), **metrics})
+            log.info("trial %d (%s): AUC %.4f in %.1fs", number, family, metrics["roc_auc"], seconds)
             return {"loss": -metrics["roc_auc"], "status": STATUS_OK}
 
-        search_trials = Trials()
-        fmin(objective, _search_space(), algo=tpe.suggest, max_evals=trials, trials=search_trials,
-             rstate=np.random.default_rng(seed), show_progressbar=False)
+        # a trial started before the time budget runs out still finishes; at least one trial always runs
+        fmin(objective, search_space(families), algo=tpe.suggest, max_evals=trials, trials=Trials(),
+             rstate=np.random.default_rng(seed), show_progressbar=False,
+             timeout=settings.churn_search_seconds or None)
+        mlflow.log_param("trials_run", len(trial_results))
         best = max(trial_results, key=lambda r: r["roc_auc"])
-        best_params = {**best["params"], "max_iter": 100}
+        best_params = best["params"]
+        family = best_params["family"]
         mlflow.log_params({f"best_{k}": v for k, v in best_params.items()})
+        mlflow.set_tag("model_family", family)
         mlflow.log_metric("best_val_roc_auc", best["roc_auc"])
-        searched = time.perf_counter()
+        for fam in families:  # the best validation AUC per family, for comparing families across runs
+            scores = [r["roc_auc"] for r in trial_results if r["params"]["family"] == fam]
+            if scores:
+                mlflow.log_metric(f"best_val_roc_auc_{fam}", max(scores))
+        timings["searched"] = time.perf_counter()
+        for train_t, val_t in prepared.values():
+            train_t.unpersist()
+            val_t.unpersist()
 
         # final model: all non-holdout rows, best parameters
-        train_val = train.unionByName(validation)
-        final = build_pipeline(numeric, categorical, best_params, label).fit(train_val)
-        holdout_pdf = holdout.toPandas()
-        spark_preds = positive_probability(final, holdout, [id_col])
+        final, model = fit_final(
+            train_val, numeric, categorical, best_params, seed, ranges,
+            metadata={"as_of": as_of.isoformat(), "data_version": data_version, "params": best_params,
+                      "family": family, "run_id": parent.info.run_id,
+                      "trained_at": dt.datetime.now(dt.UTC).isoformat()},
+        )
+        holdout_pdf = data.holdout.toPandas()
+        spark_preds = positive_probability(final, model_frame(data.holdout, model), [id_col])
         holdout_pdf = holdout_pdf.merge(spark_preds, on=id_col, how="inner", validate="one_to_one")
         holdout_metrics = classification_metrics(holdout_pdf[label].to_numpy(), holdout_pdf["p"].to_numpy())
-
-        ranges = _numeric_ranges(train_val, numeric)
-        model = export_pipeline(
-            final,
-            numeric_ranges=ranges,
-            metadata={"as_of": as_of.isoformat(), "data_version": data_version, "params": best_params,
-                      "run_id": parent.info.run_id, "trained_at": dt.datetime.now(dt.UTC).isoformat()},
-        )
+        timings["fitted"] = time.perf_counter()
         numpy_p = model.predict_proba(holdout_pdf)
         parity = float(np.max(np.abs(numpy_p - holdout_pdf["p"].to_numpy()))) if len(holdout_pdf) else 0.0
         mlflow.log_metrics({f"holdout_{k}": v for k, v in holdout_metrics.items()})
@@ -346,6 +522,8 @@ def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, 
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
             holdout_file = tmp_path / "holdout.parquet"
+            # every feature column of the training set, not only the model's: a champion with other
+            # features scores the same users from it
             holdout_pdf.drop(columns=["p"]).to_parquet(holdout_file, index=False)
             mlflow.log_artifact(str(holdout_file), artifact_path="holdout")
             reference = train_val.select(*numeric, *categorical)
@@ -359,29 +537,28 @@ def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, 
             (tmp_path / "search.json").write_text(json.dumps(trial_results, indent=1))
             mlflow.log_artifact(str(tmp_path / "search.json"))
 
-        # the training mean of the design matrix is the default SHAP background of single-row explanations
-        model.metadata["design_mean"] = model.transform(reference_pdf).mean(axis=0).tolist()
+        if model.linear is not None:
+            # the training mean of the design matrix is the default SHAP background of single-row explanations
+            model.metadata["design_mean"] = model.transform(reference_pdf).mean(axis=0).tolist()
         version = mlflow_utils.log_and_register(
             settings, model, input_example=holdout_pdf[model.feature_names].head(5),
-            tags={**common_tags, "holdout_roc_auc": f"{holdout_metrics['roc_auc']:.6f}",
+            tags={**common_tags, "model_family": family, "holdout_roc_auc": f"{holdout_metrics['roc_auc']:.6f}",
                   "parity_max_abs_diff": f"{parity:.3e}"},
         )
-
-        from kpi.churn import explain
-
         shap_summary = explain.log_global_explanations(
             model, holdout_pdf[model.feature_names], background=reference_pdf,
-            run_id=parent.info.run_id, seed=seed,
+            run_id=parent.info.run_id, seed=seed, client=mlflow_utils.client(settings),
         )
         run_id = parent.info.run_id
 
-    for f in (train_t, val_t, train, validation, holdout, frame):
+    for f in (data.train, data.validation, data.holdout, data.frame):
         f.unpersist()
     finished = time.perf_counter()
     result = {
         "run_id": run_id,
         "model_version": int(version.version),
         "model_name": settings.churn_model_name,
+        "model_family": family,
         "auc": holdout_metrics["roc_auc"],
         "data_version": data_version,
         "as_of": as_of.isoformat(),
@@ -390,17 +567,25 @@ def _search_fit_register(settings, data_url, as_of, trials, seed, spark, frame, 
         "best_params": best_params,
         "best_val_auc": best["roc_auc"],
         "trials": trials,
-        "rows": {"total": n_rows, "holdout": len(holdout_pdf)},
+        "trials_run": len(trial_results),
+        "trial_families": [r["params"]["family"] for r in trial_results],
+        "family_best": {
+            fam: max((r for r in trial_results if r["params"]["family"] == fam), key=lambda r: r["roc_auc"])
+            for fam in families if any(r["params"]["family"] == fam for r in trial_results)
+        },
+        "rows": {"total": data.rows, "holdout": len(holdout_pdf)},
         "parity_max_abs_diff": parity,
         "parity_passed": parity < PARITY_TOLERANCE,
         "shap_top_features": list(shap_summary)[:5],
-        "seconds": {"features": round(features_built - started, 2), "search": round(searched - features_built, 2),
-                    "total": round(finished - started, 2)},
+        "seconds": {"features": round(timings["features_built"] - timings["started"], 2),
+                    "search": round(timings["searched"] - timings["features_built"], 2),
+                    "final_fit": round(timings["fitted"] - timings["searched"], 2),
+                    "total": round(finished - timings["started"], 2)},
     }
     result["results_url"] = storage.join(
         settings.resolved_storage_url, "training-runs", as_of.isoformat(), f"{data_version}.json"
     )
     storage.write_text(result["results_url"], json.dumps(result, indent=1, default=str), settings)
-    log.info("training run %s registered %s v%s (holdout AUC %.4f)", run_id, settings.churn_model_name,
-             version.version, holdout_metrics["roc_auc"])
+    log.info("training run %s registered %s v%s (%s, holdout AUC %.4f)", run_id, settings.churn_model_name,
+             version.version, family, holdout_metrics["roc_auc"])
     return result

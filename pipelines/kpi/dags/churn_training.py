@@ -1,6 +1,7 @@
 """churn_training: validate sources -> features + training (Spark) -> evaluate -> promote or skip.
 
-Scheduled on the ``churn_sources`` and ``churn_drift`` assets (and triggerable by hand with params).
+Scheduled on the ``churn_sources`` and ``churn_drift`` assets (and triggerable by hand with params); emits
+``churn_champion`` when the promotion moved the alias (which schedules ``churn_scoring``).
 The Spark step follows ``KPI_SPARK_BACKEND``: ``local`` runs the job with spark-submit inside the task,
 ``kubernetes`` submits the packaged SparkApplication with ``SparkKubernetesOperator``. Wiring only; each
 task is one call into ``kpi``.
@@ -12,7 +13,14 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
-from kpi.dags.assets import CHURN_DEFAULT_ARGS, CHURN_DRIFT, CHURN_SOURCES, CHURN_START_DATE
+from kpi.dags.assets import (
+    CHURN_CHAMPION,
+    CHURN_DEFAULT_ARGS,
+    CHURN_DRIFT,
+    CHURN_PROMOTIONS,
+    CHURN_SOURCES,
+    CHURN_START_DATE,
+)
 
 
 def _spark_backend() -> str:
@@ -53,12 +61,18 @@ def churn_training():
 
         return {**run, "validation": _jsonable(assert_valid_sources(run["data_url"], get_settings()))}
 
-    @task
-    def evaluate_and_promote(result: dict) -> dict:
+    @task(outlets=[CHURN_PROMOTIONS])
+    def evaluate_and_promote(result: dict, run: dict, *, outlet_events=None) -> dict:
+        from kpi.churn.delivery import promotion_event
         from kpi.churn.registry import evaluate_and_promote as decide
         from kpi.settings import get_settings
 
-        return {**decide(get_settings(), str(result["model_version"])), "training": result}
+        decision = decide(get_settings(), str(result["model_version"]))
+        # the alias moved: churn_champion schedules churn_scoring, which rescores with the new champion
+        event = promotion_event(decision, run)
+        if event:
+            outlet_events[CHURN_PROMOTIONS].add(CHURN_CHAMPION, extra=event)
+        return {**decision, "training": result}
 
     run = resolve_inputs()
     validated = validate_sources(run)
@@ -110,7 +124,7 @@ def churn_training():
 
         result = train(validated)
 
-    evaluate_and_promote(result)
+    evaluate_and_promote(result, validated)
 
 
 def _jsonable(value):

@@ -359,6 +359,69 @@ def latest_drift_report(settings: Settings) -> tuple[str, str] | None:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Churn scores delivered to the warehouse (prod.churn_scores, written by the churn_scoring DAG)
+# --------------------------------------------------------------------------------------------------------
+
+
+def churn_score_of_user(settings: Settings, user_id: int) -> dict[str, Any] | None:
+    """The latest delivered score of one customer, or None when none was delivered.
+
+    Returns:
+        ``user_id, as_of, p_active_60d, model_name, model_version, scored_at`` and ``features`` (the model's
+        input as scored, feature name -> value).
+    """
+    frame = query_frame(
+        settings,
+        "SELECT user_id, as_of, p_active_60d, model_name, model_version, scored_at, features "
+        "FROM prod.churn_scores WHERE user_id = %s ORDER BY as_of DESC LIMIT 1",
+        (int(user_id),),
+    )
+    return None if frame.empty else frame.iloc[0].to_dict()
+
+
+def churn_score_distribution(settings: Settings, days: int = 90) -> pd.DataFrame:
+    """Quantiles of the delivered ``p_active_60d`` per as-of date (the last ``days`` dates).
+
+    Columns ``as_of, users, mean, p10, p25, p50, p75, p90, model_versions`` sorted by date.
+    """
+    frame = query_frame(
+        settings,
+        "SELECT as_of, count(*)::bigint AS users, avg(p_active_60d) AS mean, "
+        "percentile_cont(ARRAY[0.1, 0.25, 0.5, 0.75, 0.9]) WITHIN GROUP (ORDER BY p_active_60d) AS q, "
+        "string_agg(DISTINCT model_version::text, ', ') AS model_versions "
+        "FROM prod.churn_scores WHERE as_of > (SELECT max(as_of) FROM prod.churn_scores) - %s "
+        "GROUP BY as_of ORDER BY as_of",
+        (days,),
+    )
+    quantiles = pd.DataFrame(frame["q"].tolist(), columns=["p10", "p25", "p50", "p75", "p90"], index=frame.index)
+    return pd.concat([frame.drop(columns="q"), quantiles], axis=1)[
+        ["as_of", "users", "mean", "p10", "p25", "p50", "p75", "p90", "model_versions"]]
+
+
+def churn_risk_bands(settings: Settings, days: int = 90) -> pd.DataFrame:
+    """Users per churn risk band (:data:`kpi.churn.delivery.RISK_BANDS` on ``p_active_60d``) per as-of date.
+
+    Columns ``as_of, band, users, share`` (share of that date's users), bands in risk order.
+    """
+    from kpi.churn.delivery import RISK_BANDS
+
+    (high, _, high_upper), (medium, _, medium_upper), (low, _, _) = RISK_BANDS
+    frame = query_frame(
+        settings,
+        "SELECT as_of, CASE WHEN p_active_60d < %(high)s THEN %(h)s WHEN p_active_60d < %(medium)s THEN %(m)s "
+        "ELSE %(l)s END AS band, count(*)::bigint AS users FROM prod.churn_scores "
+        "WHERE as_of > (SELECT max(as_of) FROM prod.churn_scores) - %(days)s GROUP BY 1, 2 ORDER BY 1, 2",
+        {"high": high_upper, "medium": medium_upper, "h": high, "m": medium, "l": low, "days": days},
+    )
+    if frame.empty:
+        return frame.assign(share=pd.Series(dtype=float))
+    frame["share"] = frame["users"] / frame.groupby("as_of")["users"].transform("sum")
+    order = {name: i for i, (name, _, _) in enumerate(RISK_BANDS)}
+    return frame.sort_values(["as_of", "band"], key=lambda s: s.map(order) if s.name == "band" else s
+                             ).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Crypto data quality (dqm schema)
 # --------------------------------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 name the offending field, and batch scoring that sets bad rows aside with their reason.
 
 The model is the JVM-free ``ChurnModel`` (``feature_names``, ``predict_proba(df)``, ``input_schema()``);
-the functions here only prepare its input and never change how it scores.
+the functions here only prepare its input and never change how it scores. The input schema and the
+field checks live in :mod:`kpi.churn.inputs` (the scoring API checks its requests with them too) and
+are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,170 +16,23 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
+from kpi.churn.inputs import (  # noqa: F401 - re-exported: the pages, tests and benchmarks import them here
+    FormField,
+    InvalidInput,
+    check_value,
+    form_fields,
+    form_frame,
+    is_missing,
+    score_one,
+)
+
 ID = "CUS_CUST_ID_BUY"
 PROBABILITY = "p_active_60d"
-INT_TYPES = {"int", "integer", "long", "int32", "int64", "bigint"}
-FLOAT_TYPES = {"float", "double", "number", "numeric", "float32", "float64", "decimal"}
-CATEGORY_TYPES = {"category", "categorical", "string", "str", "object"}
-
-
-class InvalidInput(ValueError):
-    """Input that cannot be scored; ``problems`` holds one human-readable message per field."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
-@dataclass(frozen=True)
-class FormField:
-    """One input of the scoring form, derived from the champion's input schema."""
-
-    name: str
-    kind: str  # "int" | "float" | "category"
-    minimum: float | None = None
-    maximum: float | None = None
-    categories: tuple[str, ...] = field(default_factory=tuple)
-    default: Any = None
-
-    @property
-    def range_text(self) -> str:
-        """The accepted values, for help texts and messages."""
-        if self.kind == "category":
-            return "one of " + ", ".join(self.categories) if self.categories else "any text"
-        if self.minimum is None and self.maximum is None:
-            return "any number"
-        return f"between {_fmt(self.minimum, '-inf')} and {_fmt(self.maximum, '+inf')}"
-
-
-def _fmt(value: float | None, missing: str) -> str:
-    if value is None:
-        return missing
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _kind(spec: Mapping[str, Any]) -> str:
-    declared = str(spec.get("type", "")).lower()
-    if spec.get("categories") is not None or declared in CATEGORY_TYPES:
-        return "category"
-    if declared in INT_TYPES:
-        return "int"
-    if declared in FLOAT_TYPES or not declared:
-        return "float"
-    raise ValueError(f"unsupported input type {declared!r} in the model's input schema")
-
-
-def form_fields(schema: Mapping[str, Mapping[str, Any]]) -> list[FormField]:
-    """Form fields in schema order from ``ChurnModel.input_schema()``.
-
-    Args:
-        schema: feature name -> ``{type, min, max, categories}`` (optionally ``default``/``median``).
-
-    Returns:
-        One :class:`FormField` per feature; the default is the schema's default or median when given,
-        else the middle of the training range (the first category for categorical fields).
-    """
-    fields = []
-    for name, spec in schema.items():
-        kind = _kind(spec)
-        if kind == "category":
-            cats = tuple(str(c) for c in (spec.get("categories") or []))
-            default = spec.get("default", cats[0] if cats else "")
-            fields.append(FormField(name, kind, categories=cats, default=default))
-            continue
-        lo = spec.get("min")
-        hi = spec.get("max")
-        lo = None if lo is None or _nan(lo) else float(lo)
-        hi = None if hi is None or _nan(hi) else float(hi)
-        default = spec.get("default", spec.get("median"))
-        if default is None or _nan(default):
-            default = (lo + hi) / 2 if lo is not None and hi is not None else (lo or hi or 0.0)
-        if kind == "int":
-            lo = None if lo is None else math.floor(lo)
-            hi = None if hi is None else math.ceil(hi)
-            default = round(float(default))
-        else:
-            # four decimals read better in a form; clamping keeps the rounded default inside the range
-            default = round(float(default), 4)
-            default = min(max(default, lo if lo is not None else default), hi if hi is not None else default)
-        fields.append(FormField(name, kind, lo, hi, default=default))
-    return fields
-
-
-def _nan(value: Any) -> bool:
-    try:
-        return math.isnan(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def check_value(spec: FormField, value: Any) -> tuple[Any, str | None]:
-    """Parse one value for ``spec``; return ``(parsed, problem)`` where problem names the field."""
-    if spec.kind == "category":
-        if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
-            return None, None  # unknown category: the model encodes null as "unknown"
-        text = str(value).strip()
-        if spec.categories and text not in spec.categories:
-            return None, f"{spec.name}: {text!r} is not a known value ({spec.range_text})"
-        return text, None
-    if value is None or (isinstance(value, str) and value.strip() == ""):
-        return None, f"{spec.name}: a value is required ({spec.range_text})"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None, f"{spec.name}: {value!r} is not a number"
-    if not math.isfinite(number):
-        return None, f"{spec.name}: {value!r} is not a finite number"
-    if spec.kind == "int" and number != int(number):
-        return None, f"{spec.name}: {value!r} is not a whole number"
-    if spec.minimum is not None and number < spec.minimum:
-        return None, f"{spec.name}: {value!r} is below the training range ({spec.range_text})"
-    if spec.maximum is not None and number > spec.maximum:
-        return None, f"{spec.name}: {value!r} is above the training range ({spec.range_text})"
-    return (int(number) if spec.kind == "int" else number), None
-
-
-def form_frame(fields: list[FormField], values: Mapping[str, Any]) -> pd.DataFrame:
-    """One-row model input from form values, checked field by field.
-
-    Raises:
-        InvalidInput: with one message per bad field (each starts with the field's name).
-    """
-    row: dict[str, Any] = {}
-    problems = []
-    for spec in fields:
-        if spec.name not in values:
-            problems.append(f"{spec.name}: missing")
-            continue
-        parsed, problem = check_value(spec, values[spec.name])
-        if problem:
-            problems.append(problem)
-        row[spec.name] = parsed
-    if problems:
-        raise InvalidInput(problems)
-    return _typed_frame(fields, [row])
-
-
-def _typed_frame(fields: list[FormField], rows: list[dict[str, Any]]) -> pd.DataFrame:
-    # one numpy array per column: far cheaper than per-column astype on the single-prediction path
-    data = {}
-    for spec in fields:
-        values = [r.get(spec.name) for r in rows]
-        if spec.kind == "category":
-            data[spec.name] = np.array(values, dtype=object)
-        else:
-            data[spec.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    return pd.DataFrame(data, columns=[f.name for f in fields])
-
-
-def score_one(model, row: pd.DataFrame) -> float:
-    """Probability of at least one payment in the next 60 days for a one-row input."""
-    return float(np.asarray(model.predict_proba(row)).reshape(-1)[0])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -352,13 +207,13 @@ def split_feature_rows(fields: list[FormField], frame: pd.DataFrame, first_row: 
     for spec in fields:
         column = frame[spec.name].to_numpy(dtype=object)
         if spec.kind == "category":
-            data[spec.name] = np.array([None if v is None or _nan(v) else str(v).strip() or None for v in column],
+            data[spec.name] = np.array([None if v is None or is_missing(v) else str(v).strip() or None for v in column],
                                        dtype=object)
             continue
         bare = FormField(spec.name, spec.kind)  # type checks only: a batch keeps out-of-range values
         values = np.full(n, np.nan)
         for i, value in enumerate(column):
-            if value is None or _nan(value) or (isinstance(value, str) and not value.strip()):
+            if value is None or is_missing(value) or (isinstance(value, str) and not value.strip()):
                 continue  # blank: the model imputes it
             parsed, problem = check_value(bare, value)
             if problem:

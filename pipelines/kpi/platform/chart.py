@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[3]
 CHARTS = ROOT / "charts"
 UMBRELLA = CHARTS / "kpi-platform"
-FIRST_PARTY = ("postgres", "minio", "mlflow", "dashboard", "jupyterlab")
+FIRST_PARTY = ("postgres", "minio", "mlflow", "dashboard", "jupyterlab", "scoring")
 UPSTREAM = ("airflow", "spark-operator")
 REFERENCE_CHARTS = ROOT.parent / "shared" / "reference" / "charts"
 RELEASE, NAMESPACE = "kpi", "kpi"

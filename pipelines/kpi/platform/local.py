@@ -49,7 +49,7 @@ DIFFERENCES = {
               " as root, JupyterLab gets --allow-root (the image runs it as uid 10001)",
 }
 # Services of the render the processes answer on; the default local port is the Service's own port
-SERVICES = ("postgres", "minio", "mlflow", "api-server", "dashboard", "triggerer", "jupyterlab")
+SERVICES = ("postgres", "minio", "mlflow", "api-server", "dashboard", "triggerer", "jupyterlab", "scoring")
 # where the images put what they carry (images/*/Dockerfile), as paths of this checkout
 IMAGE_LAYOUT = {"/opt/airflow/dags": ROOT / "pipelines" / "kpi" / "dags", "/opt/kpi": ROOT,
                 "/home/kpi/notebooks": ROOT / "notebooks"}
@@ -64,6 +64,7 @@ PROGRAMS = (
     ("Deployment", f"{RELEASE}-triggerer", "daemon"),
     ("Deployment", f"{RELEASE}-dashboard", "daemon"),
     ("Deployment", f"{RELEASE}-jupyterlab", "daemon"),
+    ("Deployment", f"{RELEASE}-scoring", "daemon"),
 )
 # sidecars whose work needs a cluster (trimming logs of pods that come and go)
 SKIPPED_CONTAINERS = {"scheduler-log-groomer", "dag-processor-log-groomer", "triggerer-log-groomer"}
@@ -419,7 +420,7 @@ def _ports(choice: str, state: Path) -> dict[str, int]:
         ports["minio"] = free_port()
     else:
         ports = {"postgres": 5432, "minio": 9000, "mlflow": 5000, "api-server": 8080, "dashboard": 8501,
-                 "triggerer": 8794, "jupyterlab": 8888}
+                 "triggerer": 8794, "jupyterlab": 8888, "scoring": 8000}
         taken = [f"{name} :{port}" for name, port in ports.items() if _port_taken(port)]
         if taken:
             raise PlatformError(f"ports in use on 127.0.0.1: {', '.join(taken)} (stop what holds them, or run "
@@ -493,6 +494,8 @@ def health(urls: dict[str, str], warehouse_url: str) -> dict[str, bool]:
                  ("s3", f"{urls['s3']}/")]
     if "jupyterlab" in urls:
         endpoints.append(("jupyterlab", f"{urls['jupyterlab']}/api"))
+    if "scoring" in urls:
+        endpoints.append(("scoring", f"{urls['scoring']}/healthz"))
     for name, url in endpoints:
         try:
             code, _ = _get(url)
@@ -562,6 +565,8 @@ def up(home: Path | None = None, ports: str = "service", timeout: float = 600.0,
         if any(p.name.startswith(f"{RELEASE}-jupyterlab/") for p in processes):
             urls["jupyterlab"] = f"http://127.0.0.1:{render_.ports['jupyterlab']}"
             record["jupyterlab_token"] = render_.secret(f"{RELEASE}-jupyterlab")["token"]
+        if any(p.name.startswith(f"{RELEASE}-scoring/") for p in processes):
+            urls["scoring"] = f"http://127.0.0.1:{render_.ports['scoring']}"
         warehouse = render_.rewrite(render_.secret(f"{RELEASE}-warehouse")["url"])
         record.update({"urls": urls, "airflow_login": {"username": "admin", "password": ui["admin-password"]},
                        "warehouse_url": warehouse, "differences": DIFFERENCES, "release": RELEASE})
@@ -643,5 +648,6 @@ def summary_lines(result: dict) -> list[str]:
             f"Dashboard  {urls['dashboard']}",
             f"S3         {urls['s3']}  (SeaweedFS; keys in Secret kpi-s3-credentials: {result['state_dir']}/secrets.json)",
             *([f"JupyterLab {urls['jupyterlab']}/lab?token={result['jupyterlab_token']}"] if "jupyterlab" in urls else []),
+            *([f"Scoring    {urls['scoring']}/docs  (POST /score, GET /model, GET /healthz)"] if "scoring" in urls else []),
             f"Postgres   {urls['postgres']}",
             f"Logs       {result['state_dir']}/logs    stop with: task platform-down"]
