@@ -19,26 +19,18 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
+
+from latency import latency_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "dashboard_latency.json"
 TARGET_P99_MS = 5.0
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
-
-
 def summary(samples_ns: list[int]) -> dict[str, float]:
-    ms = sorted(s / 1e6 for s in samples_ns)
-    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 4), "p90_ms": round(percentile(ms, 90), 4),
-            "p99_ms": round(percentile(ms, 99), 4), "max_ms": round(ms[-1], 4),
-            "mean_ms": round(statistics.fmean(ms), 4)}
+    return latency_summary([s / 1e6 for s in samples_ns], digits=4)
 
 
 def user_inputs(fields, count: int, seed: int = 7) -> list[dict]:

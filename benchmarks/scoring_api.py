@@ -37,6 +37,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from latency import latency_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "scoring_api.json"
 KPI = Path(sys.executable).parent / "kpi"
@@ -46,21 +48,6 @@ USERS = 3000
 BATCH = 1000
 # a keep-alive connection idle longer than this is closed, not reused (uvicorn closes them after 5 s)
 IDLE_REUSE_S = 2.0
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
-
-
-def latency_summary(ms: list[float]) -> dict[str, float]:
-    ms = sorted(ms)
-    if not ms:
-        return {"n": 0}
-    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 3), "p90_ms": round(percentile(ms, 90), 3),
-            "p99_ms": round(percentile(ms, 99), 3), "max_ms": round(ms[-1], 3),
-            "mean_ms": round(sum(ms) / len(ms), 3)}
 
 
 def kpi(*args: str, env: dict[str, str]) -> dict:
