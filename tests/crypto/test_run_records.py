@@ -26,7 +26,7 @@ def _record(url, run_id: str) -> dict:
         return dict(zip([c.name for c in cur.description], row, strict=True)) if row else {}
 
 
-BROKEN_STATEMENT = {"stage": "stage_window", "quarantine": "quarantine", "publish": "publish_upsert"}
+BROKEN_STATEMENT = {"stage": "stage_window", "quarantine": "quarantine", "publish": "publish_upsert:insert"}
 
 
 @pytest.mark.parametrize("failing", ["stage", "validate", "quarantine", "publish", "report"])

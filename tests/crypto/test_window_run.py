@@ -179,7 +179,8 @@ def test_a_run_killed_in_the_middle_of_publish_leaves_prod_as_it_was_and_is_reap
             assert proc.poll() is None, proc.communicate()
             found = query(crypto_env.database_url,
                           "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                          " AND query LIKE '%%INSERT INTO prod.bt_crypto_events%%'")
+                          " AND (query LIKE '%%INSERT INTO prod.bt_crypto_events%%'"
+                          "      OR query LIKE '%%UPDATE prod.bt_crypto_events%%')")
             waiting = found[0][0] if found else None
             time.sleep(0.2)
         assert waiting is not None, "publish never reached the locked row"

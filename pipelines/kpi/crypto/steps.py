@@ -357,8 +357,11 @@ def publish_rows(conn: psycopg.Connection, run: dict, gate: Gate, settings: Sett
     back and a failed :class:`Gate` (reason ``deactivation_share``) is returned. Otherwise upserts changed
     rows only, re-activates keys that come back, records the publish and returns its counts.
     """
-    params = {"run_id": run["run_id"], "days": run["extract_days"] or []}
+    params = {"run_id": run["run_id"], "days": run["extract_days"] or [], "window_start": run["window_start"],
+              "window_end": run["window_end"]}
     conn.execute("SET LOCAL work_mem = '256MB'")
+    # every join here hashes one side: a nested loop over an empty-looking prod rescans what the insert adds
+    conn.execute("SET LOCAL enable_nestloop = off")
     reactivated = conn.execute(sql("publish_reactivated", settings), params).fetchone()[0]
     # deactivate first: it touches only keys the run does not hold, the upsert only keys it holds, so the
     # order does not change the result, and the anti-join then scans prod before this run's inserts land
@@ -375,7 +378,8 @@ def publish_rows(conn: psycopg.Connection, run: dict, gate: Gate, settings: Sett
                     f" {limit:.1%}, KPI_CRYPTO_MAX_DEACTIVATION_SHARE): a truncated or partial extract? nothing"
                     " published", {"active_keys": active, "would_deactivate": deactivated})
     conn.execute("RELEASE SAVEPOINT deactivation")
-    inserted, updated = conn.execute(sql("publish_upsert", settings), params).fetchone()
+    updated = conn.execute(sql("publish_upsert:update", settings), params).rowcount
+    inserted = conn.execute(sql("publish_upsert:insert", settings), params).rowcount
     counts = {"published": run["valid"], "inserted": inserted, "updated": updated,
               "unchanged": run["valid"] - inserted - updated, "deactivated": deactivated, "reactivated": reactivated,
               "active_keys": active if deactivated else None}
