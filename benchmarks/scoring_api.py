@@ -10,14 +10,18 @@ code on simulated sources), SHAP included (the API's default top-k):
 - ``batch_1000``: ``--batches`` requests of 1,000 users each, one after another.
 
 Target: single-user p99 < 20 ms at 200 requests/s with no errors. The machine's load average is recorded
-before and after: figures taken on a busy machine say so.
+before and after: figures taken on a busy machine say so. ``single.server_cpu_ms_per_request`` is the API
+process's own CPU time per answer (from /proc): what a request costs the server, comparable across runs
+whatever else the machine was doing.
 
 The champion: ``--url`` of a running API, or ``--home DIR`` (a KPI_HOME whose MLflow store holds one, e.g.
 the demo's ``.kpi``); by default the benchmark makes its own in a temporary home with the CLI
-(``kpi churn simulate``, ``kpi churn train --in-process``: Spark, one trial, about two minutes), so that it
-runs on a fresh clone.
+(``kpi churn simulate``, ``kpi churn train --in-process``: Spark, one trial of ``--family`` (default ``gbt``,
+the family the search promotes on the training benchmark's data; its exact TreeSHAP is the costlier
+explanation), about two minutes), so that it runs on a fresh clone.
 
 Run: .venv/bin/python benchmarks/scoring_api.py [--rate 200] [--seconds 30] [--batches 20] [--home .kpi]
+     [--family gbt|logistic_regression]
 Writes benchmarks/results/scoring_api.json.
 """
 
@@ -66,13 +70,15 @@ def home_environment(home: Path) -> dict[str, str]:
     return env
 
 
-def own_champion(home: Path) -> tuple[dict[str, str], str]:
-    """Simulate sources and train a small champion under ``home`` with the CLI; (environment, sources)."""
+def own_champion(home: Path, family: str) -> tuple[dict[str, str], str]:
+    """Simulate sources and train a small ``family`` champion under ``home`` with the CLI; (environment,
+    sources)."""
     env = home_environment(home)
+    env["KPI_CHURN_MODEL_FAMILIES"] = family
     # a benchmark champion from a few hundred holdout rows: the calibration guardrail is noisy at that size
     env["KPI_CHURN_MAX_CALIBRATION_ERROR"] = "0.25"
     sources = str(home / "sources")
-    print(f"training a benchmark champion under {home} (Spark, one trial)...", flush=True)
+    print(f"training a {family} benchmark champion under {home} (Spark, one trial)...", flush=True)
     kpi("churn", "simulate", "--out", sources, "--users", str(USERS), "--as-of", AS_OF.isoformat(), env=env)
     trained = kpi("churn", "train", "--data", sources, "--as-of", AS_OF.isoformat(), "--trials", "1",
                   "--in-process", env=env)
@@ -221,6 +227,15 @@ async def batches(url: str, users: list[dict], count: int, size: int) -> dict:
             "users_per_s": round(scored / total_s, 1) if total_s else None, **latency_summary(latencies)}
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc), or None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, TypeError, IndexError):
+        return None
+
+
 def _runner():
     """uvloop's event loop when installed (as the server uses): less client CPU per request."""
     try:
@@ -238,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=20, help="requests of 1,000 users")
     parser.add_argument("--home", help="KPI_HOME whose MLflow store holds a champion (default: train one)")
     parser.add_argument("--url", help="a running API instead of starting one")
+    parser.add_argument("--family", choices=["gbt", "logistic_regression"], default="gbt",
+                        help="family of the champion the benchmark trains (default gbt: the family the "
+                             "search promotes on the training benchmark's data)")
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
@@ -249,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             env = home_environment(Path(args.home).resolve())
         else:
             scratch = tempfile.TemporaryDirectory(prefix="kpi-bench-scoring-")
-            env, sources = own_champion(Path(scratch.name))
+            env, sources = own_champion(Path(scratch.name), args.family)
         from kpi.platform.local import free_port
 
         port = free_port()
@@ -262,7 +280,14 @@ def main(argv: list[str] | None = None) -> int:
         bodies = [json.dumps({"users": [{"id": i, "features": u}]}).encode() for i, u in enumerate(users)]
         run = _runner()
         run(open_loop(url, bodies, args.rate, 3.0))  # warm-up: connections, caches
+        server_pid = proc.pid if proc is not None else None
+        cpu_before = cpu_seconds(server_pid)
         single = run(open_loop(url, bodies, args.rate, args.seconds))
+        cpu_after = cpu_seconds(server_pid)
+        # the server's own CPU per answer: what the API costs, whatever else the machine runs
+        single["server_cpu_ms_per_request"] = (
+            round((cpu_after - cpu_before) * 1000 / single["answers"], 3)
+            if cpu_before is not None and cpu_after is not None and single["answers"] else None)
         batch = run(batches(url, users, args.batches, BATCH))
     finally:
         if proc is not None:
@@ -280,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "scoring API (kpi churn serve): bounded load from a second process on loopback",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "champion": {"name": model["name"], "version": model["version"], "features": len(model["features"]),
+                     "family": model.get("family"),
                      "source": "--url" if args.url else ("--home" if args.home else "trained by the benchmark")},
         "shap_top_k": "the API's default (KPI_CHURN_SERVE_TOP_K)",
         "single": single,
@@ -293,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"single  offered {args.rate:g}/s for {args.seconds:g}s: {single['rps']} answers/s, p50 "
-          f"{single.get('p50_ms')} ms, p99 {single.get('p99_ms')} ms, errors {single['errors']}")
+          f"{single.get('p50_ms')} ms, p99 {single.get('p99_ms')} ms, errors {single['errors']}, server CPU "
+          f"{single['server_cpu_ms_per_request']} ms per request")
     print(f"batch   {BATCH} users x {args.batches}: p50 {batch.get('p50_ms')} ms, p99 {batch.get('p99_ms')} ms, "
           f"{batch['users_per_s']} users/s, errors {batch['errors']}")
     print(f"target p99 < {TARGET_P99_MS:g} ms at {args.rate:g}/s with no errors: "

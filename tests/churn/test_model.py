@@ -81,6 +81,37 @@ def test_single_rows_and_batches_score_alike(synthetic_fits):
     assert np.array_equal(batch[::97], singles)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("rows", [1, 5, 300])  # both sides of the few-rows dict lookup (DICT_LOOKUP_MAX_ROWS)
+def test_a_mapping_of_columns_scores_and_explains_exactly_as_a_frame(synthetic_fits, family, rows):
+    # the scoring API hands the model its checked columns without a frame: same probabilities and SHAP
+    # values to the bit, also for the cells a category lookup can trip on (null, NaN, unseen, a number)
+    from kpi.churn.explain import shap_values
+    from kpi.churn.model import DICT_LOOKUP_MAX_ROWS
+
+    assert 5 <= DICT_LOOKUP_MAX_ROWS < 300
+    fit = synthetic_fits[family]
+    frame = pd.concat([fit.test] * (rows // len(fit.test) + 1), ignore_index=True).iloc[:rows].copy()
+    cards = frame["card"].astype(object).to_numpy()
+    hostile = [None, float("nan"), "PLATINUM", 5, "GOLD"]
+    cards[: min(rows, len(hostile))] = hostile[: min(rows, len(hostile))]
+    frame["card"] = cards
+    frame.loc[frame.index[0], "recency"] = np.nan
+    columns = {name: frame[name].to_numpy() for name in frame.columns}
+    model = fit.model
+    assert np.array_equal(model.predict_proba(columns), model.predict_proba(frame))
+    background = fit.test if family == "logistic_regression" else None  # trees need none (path-dependent)
+    base_m, phi_m = shap_values(model, columns, background)
+    base_f, phi_f = shap_values(model, frame, background)
+    assert base_m == base_f and np.array_equal(phi_m, phi_f)
+    # the lookup's answer itself: unknown, missing and unseen share the extra index; 5 is not a label
+    unknown = len(model.categories["card"])
+    card = model.category_indices(columns)[model.categorical_features.index("card")]
+    assert list(card[: min(rows, 4)]) == [unknown] * min(rows, 4)
+    with pytest.raises(ValueError, match="recency"):
+        model.predict_proba({k: v for k, v in columns.items() if k != "recency"})
+
+
 def test_a_format_1_model_still_loads(synthetic_fits):
     model = synthetic_fits["logistic_regression"].model
     data = model.to_dict()

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kpi.churn.model import ChurnModel, Tree
+from kpi.churn.model import ChurnModel, Inputs, Tree
 
 SUMMARY_PLOT = "shap/summary.png"
 MEAN_ABS_JSON = "shap/mean_abs_shap.json"
@@ -40,12 +40,17 @@ MAX_BACKGROUND = 1000
 
 # --- logistic regression ----------------------------------------------------------------------------------
 def _grouping(model: ChurnModel) -> np.ndarray:
-    """Matrix (design columns x features) that sums one-hot columns back into their feature."""
+    """Matrix (design columns x features) that sums one-hot columns back into their feature (built once per
+    model: it is the same for every call)."""
+    cached = getattr(model, "_shap_grouping", None)
+    if cached is not None:
+        return cached
     position = {name: i for i, name in enumerate(model.feature_names)}
     columns = model.design_columns()
     groups = np.zeros((len(columns), len(position)))
     for j, (feature, _) in enumerate(columns):
         groups[j, position[feature]] = 1.0
+    model._shap_grouping = groups
     return groups
 
 
@@ -59,7 +64,7 @@ def background_mean(model: ChurnModel, background: pd.DataFrame | None = None) -
     return np.asarray(stored, dtype=np.float64)
 
 
-def _linear_shap(model: ChurnModel, df: pd.DataFrame, background: pd.DataFrame | None) -> tuple[float, np.ndarray]:
+def _linear_shap(model: ChurnModel, df: Inputs, background: pd.DataFrame | None) -> tuple[float, np.ndarray]:
     w = np.asarray(model.linear.coefficients)
     mean = background_mean(model, background)
     per_column = (model.transform(df) - mean) * w
@@ -227,7 +232,7 @@ def _shap_kernel():
     return _KERNELS["tree_shap"]
 
 
-def _tree_shap(model: ChurnModel, df: pd.DataFrame) -> tuple[float, np.ndarray]:
+def _tree_shap(model: ChurnModel, df: Inputs) -> tuple[float, np.ndarray]:
     paths = _tree_paths(model)
     x = np.ascontiguousarray(model.tree_input(df), dtype=np.float64)
     phi = _shap_kernel()(
@@ -238,7 +243,7 @@ def _tree_shap(model: ChurnModel, df: pd.DataFrame) -> tuple[float, np.ndarray]:
 
 
 # --- public ----------------------------------------------------------------------------------------------
-def shap_values(model: ChurnModel, df: pd.DataFrame, background: pd.DataFrame | None = None
+def shap_values(model: ChurnModel, df: Inputs, background: pd.DataFrame | None = None
                 ) -> tuple[float, np.ndarray]:
     """Exact SHAP values in log-odds per original feature: ``(base_value, array (rows, features))``.
 
@@ -246,7 +251,8 @@ def shap_values(model: ChurnModel, df: pd.DataFrame, background: pd.DataFrame | 
 
     Args:
         model: a :class:`ChurnModel` of either family.
-        df: rows with the model's feature columns (more columns are ignored).
+        df: rows with the model's feature columns (more columns are ignored): a frame, or a mapping of
+            column name -> 1-D array.
         background: regression only: rows that define "average" (default: the stored training mean).
             Tree SHAP is path-dependent: its average is the training distribution held in the trees.
     """

@@ -11,6 +11,7 @@ with the field's name.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ import pandas as pd
 INT_TYPES = {"int", "integer", "long", "int32", "int64", "bigint"}
 FLOAT_TYPES = {"float", "double", "number", "numeric", "float32", "float64", "decimal"}
 CATEGORY_TYPES = {"category", "categorical", "string", "str", "object"}
+# up to this many rows a numeric column is checked value by value: a dozen numpy calls per column cost more
+# than the Python checks for the one-user requests of the scoring API
+VALUE_BY_VALUE_MAX_ROWS = 8
 
 
 class InvalidInput(ValueError):
@@ -274,16 +278,23 @@ def records_columns(fields: list[FormField], records: Sequence[Mapping[str, Any]
                     refuse(i, spec.name, problem)
             data[spec.name] = parsed
         else:
-            data[spec.name] = _numeric_column(spec if check_ranges else FormField(spec.name, spec.kind),
+            data[spec.name] = _numeric_column(spec if check_ranges else _unranged(spec.name, spec.kind),
                                               column, refuse)
     if problems:
         raise InvalidInput(problems, locations)
     return data
 
 
+@functools.lru_cache(maxsize=1024)
+def _unranged(name: str, kind: str) -> FormField:
+    """The field without its training range (the API scores values outside it); one per (name, kind)."""
+    return FormField(name, kind)
+
+
 def _numeric_column(spec: FormField, column: list[Any], refuse: Callable[[int, str, str], None]) -> np.ndarray:
     """A float column; ``None`` -> NaN (imputed by the model); each bad value reported through ``refuse``."""
-    if all(type(v) in (int, float) or v is None for v in column):  # JSON numbers: checked as one array
+    # JSON numbers of many rows: checked as one array (a few rows are cheaper value by value, below)
+    if len(column) > VALUE_BY_VALUE_MAX_ROWS and all(type(v) in (int, float) or v is None for v in column):
         values = np.array([np.nan if v is None else v for v in column], dtype=np.float64)
         given = np.array([v is not None for v in column])
         bad = given & ~np.isfinite(values)
@@ -295,8 +306,8 @@ def _numeric_column(spec: FormField, column: list[Any], refuse: Callable[[int, s
             bad |= given & (values > spec.maximum)
         if not bad.any():
             return values
-    values = np.full(len(column), np.nan)
-    for i, value in enumerate(column):  # the slow path names each bad value
+    values = [math.nan] * len(column)
+    for i, value in enumerate(column):  # value by value: names each bad value
         if value is None:
             continue
         parsed, problem = check_value(spec, value)
@@ -304,4 +315,4 @@ def _numeric_column(spec: FormField, column: list[Any], refuse: Callable[[int, s
             refuse(i, spec.name, problem)
         else:
             values[i] = parsed
-    return values
+    return np.array(values, dtype=np.float64)

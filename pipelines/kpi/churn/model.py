@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,12 @@ GBT = "gbt"
 FAMILIES = (LOGISTIC_REGRESSION, GBT)
 MAX_TREE_DEPTH = 30  # Spark's own limit; bounds the traversal of a stored tree
 UNKNOWN_LEVEL = "<unknown>"
+# below this many rows a category is looked up in a dict: pd.Index.get_indexer costs ~0.2 ms a call whatever
+# the size, which made pandas the bulk of a one-user prediction
+DICT_LOOKUP_MAX_ROWS = 64
+
+# what the model reads: a frame, or a mapping of column name -> 1-D array (the scoring API's checked columns)
+Inputs = Union[pd.DataFrame, Mapping[str, Any]]
 
 
 class ModelFormatError(ValueError):
@@ -158,6 +165,8 @@ class ChurnModel:
         """Arrays used on every call (kept out of the dataclass fields and of the JSON)."""
         self._impute = np.array([self.impute_values[c] for c in self.numeric_features], dtype=np.float64)
         self._lookups = [pd.Index(self.categories[c], dtype=object) for c in self.categorical_features]
+        self._label_index = [{label: i for i, label in enumerate(self.categories[c])}
+                             for c in self.categorical_features]
         if self.linear is not None:
             self._prepare_linear(self.linear)
         else:
@@ -231,27 +240,42 @@ class ChurnModel:
             self._t_cat_right[at, left] = False
 
     # --- preprocessing ----------------------------------------------------------------------------------
-    def _check_columns(self, df: pd.DataFrame) -> None:
-        missing = [c for c in self.feature_names if c not in df.columns]
+    def _check_columns(self, df: Inputs) -> None:
+        present = df.columns if isinstance(df, pd.DataFrame) else df
+        missing = [c for c in self.feature_names if c not in present]
         if missing:
             raise ValueError(f"input lacks the model's feature columns: {missing}")
 
-    def numeric_matrix(self, df: pd.DataFrame) -> np.ndarray:
+    def numeric_matrix(self, df: Inputs) -> np.ndarray:
         """Numerics as float64 with missing values imputed, shape (rows, numerics)."""
         if not self.numeric_features:
-            return np.zeros((len(df), 0))
-        numeric = df[self.numeric_features]
+            return np.zeros((_rows(df), 0))
+        if isinstance(df, pd.DataFrame):
+            numeric = df[self.numeric_features]
+        else:  # a mapping of columns: one 2-D array, no frame (the per-request path of the scoring API)
+            try:
+                raw = np.column_stack([np.asarray(df[c], dtype=np.float64) for c in self.numeric_features])
+                return np.ascontiguousarray(np.where(np.isnan(raw), self._impute, raw))
+            except (TypeError, ValueError):
+                numeric = pd.DataFrame({c: np.asarray(df[c]) for c in self.numeric_features})
         try:  # the usual case, numeric columns: one conversion, no per-column pandas work
             raw = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):  # text from forms or CSVs: coerce, unparsable -> missing
             raw = numeric.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        return np.where(np.isnan(raw), self._impute, raw)
+        # one memory layout whatever the frame's blocks: a matrix product sums in layout order, and the same
+        # rows must score to the same bits from a frame or from columns
+        return np.ascontiguousarray(np.where(np.isnan(raw), self._impute, raw))
 
-    def category_indices(self, df: pd.DataFrame) -> list[np.ndarray]:
+    def category_indices(self, df: Inputs) -> list[np.ndarray]:
         """Indexer output per categorical feature (unknown and null -> ``len(labels)``)."""
         out = []
-        for col, lookup in zip(self.categorical_features, self._lookups, strict=True):
-            values = df[col].to_numpy(dtype=object)
+        rows = _rows(df)
+        for col, lookup, by_label in zip(self.categorical_features, self._lookups, self._label_index, strict=True):
+            values = df[col].to_numpy(dtype=object) if isinstance(df, pd.DataFrame) else np.asarray(df[col], dtype=object)
+            if rows <= DICT_LOOKUP_MAX_ROWS:  # the same answer as below, for a few rows without pandas
+                unknown = len(by_label)
+                out.append(np.array([by_label.get(_as_label(v), unknown) for v in values], dtype=np.intp))
+                continue
             idx = lookup.get_indexer(values).astype(np.intp)
             missed = np.flatnonzero(idx < 0)
             if len(missed):
@@ -265,28 +289,29 @@ class ChurnModel:
             out.append(idx)
         return out
 
-    def tree_input(self, df: pd.DataFrame) -> np.ndarray:
+    def tree_input(self, df: Inputs) -> np.ndarray:
         """The vector the trees read: ``[imputed numerics..., category indices...]``, shape (rows, features)."""
         self._check_columns(df)
         cats = self.category_indices(df)
         return np.column_stack([self.numeric_matrix(df), *[c.astype(np.float64) for c in cats]]) \
             if cats else self.numeric_matrix(df)
 
-    def transform(self, df: pd.DataFrame) -> np.ndarray:
+    def transform(self, df: Inputs) -> np.ndarray:
         """The regression's dense design matrix, columns as in :meth:`design_columns`."""
         if self.linear is None:
             raise ValueError("transform() is the logistic regression's design matrix; this model is a tree ensemble")
         self._check_columns(df)
         blocks = [(self.numeric_matrix(df) - self._mean) * self._scale]
         for c, idx in zip(self.categorical_features, self.category_indices(df), strict=True):
-            onehot = np.zeros((len(df), len(self.categories[c]) + 1))
-            onehot[np.arange(len(df)), idx] = 1.0
+            onehot = np.zeros((len(idx), len(self.categories[c]) + 1))
+            onehot[np.arange(len(idx)), idx] = 1.0
             blocks.append(onehot)
         return np.hstack(blocks)
 
     # --- scoring --------------------------------------------------------------------------------------
-    def decision_function(self, df: pd.DataFrame) -> np.ndarray:
-        """The logit (log-odds of >= 1 payment in the next 60 days) per row."""
+    def decision_function(self, df: Inputs) -> np.ndarray:
+        """The logit (log-odds of >= 1 payment in the next 60 days) per row of ``df`` (a frame, or a mapping
+        of column name -> 1-D array)."""
         self._check_columns(df)
         if self.linear is not None:
             margin = ((self.numeric_matrix(df) - self._mean) * self._scale) @ self._w_num + self.linear.intercept
@@ -295,7 +320,7 @@ class ChurnModel:
             return margin
         return self._t_scale * self.tree_margin(self.tree_input(df))
 
-    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, df: Inputs) -> np.ndarray:
         """Probability of at least one payment in the next 60 days, one float per row of ``df``."""
         # the same expression as Spark's models, for bit-level parity
         return 1.0 / (1.0 + np.exp(-self.decision_function(df)))
@@ -618,6 +643,13 @@ def _from_format_1(data: dict) -> dict:
     linear = {k: data.pop(k, None) for k in ("scaler_mean", "scaler_std", "coefficients", "intercept")}
     data.update(format_version=FORMAT_VERSION, family=LOGISTIC_REGRESSION, linear=linear, trees=None)
     return data
+
+
+def _rows(df: Inputs) -> int:
+    """Rows of a frame or of a mapping of equally long columns."""
+    if isinstance(df, pd.DataFrame):
+        return len(df)
+    return len(np.asarray(next(iter(df.values())))) if len(df) else 0
 
 
 def _as_label(value: Any) -> Any:

@@ -4,7 +4,7 @@
   the top-k SHAP contributions (log-odds, exact: :func:`kpi.churn.explain.shap_values`). The features are
   checked with the dashboard's own field checks (:mod:`kpi.churn.inputs`): a refused request is a 422 whose
   ``detail`` names every bad field (``loc`` ``["body", "users", i, "features", name]``).
-- ``GET /model``: the served version, its run, training date, holdout AUC and its input schema.
+- ``GET /model``: the served version, its run, model family, training date, holdout AUC and its input schema.
 - ``GET /healthz``: the process answers (200, also before any champion exists, so that a fresh platform's
   pods become ready); it says which version is served and when the alias was last read.
 
@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from kpi.churn.inputs import (
     FormField,
     InvalidInput,
-    columns_frame,
     form_fields,
     records_columns,
     records_frame,
@@ -196,16 +195,19 @@ class Scored:
 
 
 def score_columns(served: Served, columns: dict[str, np.ndarray], explain: bool) -> Scored:
-    """One ``predict_proba`` (and, with ``explain``, one exact ``shap_values``) over checked columns."""
+    """One ``predict_proba`` (and, with ``explain``, one exact ``shap_values``) over checked columns.
+
+    The model reads the columns as they are (no DataFrame): building a frame and indexing it cost more than
+    the model's arithmetic for a one-user request.
+    """
     model = served.champion.model
-    frame = columns_frame(served.fields, columns)
-    p = np.asarray(model.predict_proba(frame), dtype=np.float64).reshape(-1)
+    p = np.asarray(model.predict_proba(columns), dtype=np.float64).reshape(-1)
     names = list(model.feature_names)
     if not explain:
         return Scored(p=p, values=np.empty((len(p), 0), dtype=object), names=names)
     from kpi.churn.explain import shap_values
 
-    base, phi = shap_values(model, frame)
+    base, phi = shap_values(model, columns)
     values = np.empty((len(p), len(names)), dtype=object)
     for j, name in enumerate(names):
         values[:, j] = columns[name]
@@ -338,7 +340,8 @@ def create_app(settings: Settings, follower: ChampionFollower | None = None):
         champ = served.champion
         return JSONResponse(_jsonable({
             "name": champ.name, "alias": settings.churn_champion_alias, "version": served.version,
-            "run_id": champ.run_id, "trained_at": champ.trained_at, "auc": champ.auc, "loaded_at": served.loaded_at,
+            "run_id": champ.run_id, "family": champ.model.family, "trained_at": champ.trained_at, "auc": champ.auc,
+            "loaded_at": served.loaded_at,
             "checked_at": follower.checked_at, "features": served.schema,
         }))
 
