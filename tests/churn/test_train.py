@@ -147,6 +147,16 @@ def test_each_family_trains_exports_with_parity_and_registers(family, churn_data
     assert (model.trees is not None) == (family == "gbt")
     tags = client(settings).get_model_version(settings.churn_model_name, str(result["model_version"])).tags
     assert tags["model_family"] == family
+    # the registered model is the winning trial's own fit (train rows only), not a refit on train + validation:
+    # on the validation users it scores exactly the AUC its trial was chosen by
+    from kpi.churn import features
+    from kpi.churn.metrics import classification_metrics
+    from kpi.churn.train import ID, LABEL, split_frames
+
+    training_set = features.training_set_spark(spark, churn_data.url, churn_data.as_of, settings)
+    validation = split_frames(training_set, ID, settings.churn_seed)[1].toPandas()
+    val_auc = classification_metrics(validation[LABEL].to_numpy(), model.predict_proba(validation))["roc_auc"]
+    assert val_auc == pytest.approx(result["best_val_auc"], abs=1e-9)
 
 
 def test_the_search_stops_starting_trials_after_its_time_budget(churn_data, spark, tmp_path):
