@@ -8,7 +8,7 @@ Measures, and writes to ``benchmarks/results/churn_training.json``:
   ``--trials`` trials;
 - peak RSS of this process plus its children (the Spark JVM and Python workers), sampled every 0.2 s;
 - AUC on the TRUE next-60-day outcome (``OUTCOMES.csv``, after as_of) of the champion scored at as_of,
-  of each model family (the non-winning family refitted with its best searched parameters, untimed),
+  of each model family (the non-winning family refitted on train with its best searched parameters, untimed),
   next to a reference ``HistGradientBoostingClassifier`` (a small validation-selected grid) fitted on all
   labelled rows (the issue's reference) and on the rows our model may use (train + validation), and the
   simulator's oracle AUC (its true probabilities);
@@ -119,14 +119,14 @@ def reference_model_auc(train_pdf, score_pdf, y_true, numeric, categorical, seed
 
 
 def refit_family(training_set, numeric: list[str], categorical: list[str], params: dict, seed: int):
-    """The exported model of one family fitted on train + validation with ``params`` (as training does)."""
+    """The exported model of one family fitted on train with ``params`` (as its best trial was in training)."""
     from kpi.churn.train import ID, LABEL, _numeric_ranges, as_model_input, fit_final, split_frames
     from pyspark.sql import functions as F
 
     frame = as_model_input(training_set, numeric, categorical).withColumn(LABEL, F.col(LABEL).cast("double"))
     train, validation, _ = split_frames(frame, ID, seed)
     train_val = train.unionByName(validation)
-    _, model = fit_final(train_val, numeric, categorical, params, seed, _numeric_ranges(train_val, numeric))
+    _, model = fit_final(train, numeric, categorical, params, seed, _numeric_ranges(train_val, numeric))
     return model
 
 

@@ -99,8 +99,9 @@ class Settings(BaseSettings):
     )
     churn_search_trials: int = Field(12, ge=1, description="Hyper-parameter search trials per training run.")
     churn_search_seconds: int = Field(
-        150, ge=0, description="Time budget of the search in seconds: no trial starts after it (a running trial"
-        " finishes; at least one runs). 0: no budget, always run KPI_CHURN_SEARCH_TRIALS trials.",
+        150, ge=0, description="Time budget of the search in seconds: no trial starts that would end after it"
+        " if it lasted as long as the longest trial so far (at least one runs). 0: no budget, always run"
+        " KPI_CHURN_SEARCH_TRIALS trials.",
     )
     churn_model_families: Annotated[list[Literal["logistic_regression", "gbt"]], NoDecode] = Field(
         default_factory=lambda: ["logistic_regression", "gbt"], min_length=1,

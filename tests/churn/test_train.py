@@ -147,6 +147,16 @@ def test_each_family_trains_exports_with_parity_and_registers(family, churn_data
     assert (model.trees is not None) == (family == "gbt")
     tags = client(settings).get_model_version(settings.churn_model_name, str(result["model_version"])).tags
     assert tags["model_family"] == family
+    # the registered model is the winning trial's own fit (train rows only), not a refit on train + validation:
+    # on the validation users it scores exactly the AUC its trial was chosen by
+    from kpi.churn import features
+    from kpi.churn.metrics import classification_metrics
+    from kpi.churn.train import ID, LABEL, split_frames
+
+    training_set = features.training_set_spark(spark, churn_data.url, churn_data.as_of, settings)
+    validation = split_frames(training_set, ID, settings.churn_seed)[1].toPandas()
+    val_auc = classification_metrics(validation[LABEL].to_numpy(), model.predict_proba(validation))["roc_auc"]
+    assert val_auc == pytest.approx(result["best_val_auc"], abs=1e-9)
 
 
 def test_the_search_stops_starting_trials_after_its_time_budget(churn_data, spark, tmp_path):
@@ -158,3 +168,13 @@ def test_the_search_stops_starting_trials_after_its_time_budget(churn_data, spar
     result = train_model(settings, churn_data.url, churn_data.as_of, trials=5, spark=spark)
     assert result["trials"] == 5 and result["trials_run"] == 1  # one Spark fit takes longer than 1 s
     assert result["parity_max_abs_diff"] < 1e-6
+
+
+def test_no_trial_starts_that_would_end_past_the_budget():
+    from kpi.churn.train import budget_allows_another_trial
+
+    assert budget_allows_another_trial(0.0, [], 150)  # the first trial always starts
+    assert budget_allows_another_trial(60.0, [30.0, 60.0], 150)  # 60 + 60 <= 150
+    # 100 s in, the longest trial took 60 s: the next would end at 160 s, past the budget
+    assert not budget_allows_another_trial(100.0, [30.0, 60.0], 150)
+    assert budget_allows_another_trial(1000.0, [60.0], 0)  # 0: no budget
