@@ -112,6 +112,20 @@ def test_a_mapping_of_columns_scores_and_explains_exactly_as_a_frame(synthetic_f
         model.predict_proba({k: v for k, v in columns.items() if k != "recency"})
 
 
+def test_an_overflowing_regression_scores_nan_from_a_frame_and_from_columns():
+    # inf - inf is NaN: a degenerate fit must show as NaN scores (promotion refuses them), never as a
+    # confident 0.0; a row-major matrix-vector product in BLAS returned -inf for these rows
+    from kpi.churn.model import LinearParams
+
+    model = ChurnModel(numeric_features=["a", "b"], categorical_features=[], impute_values={"a": 0.0, "b": 0.0},
+                       categories={}, linear=LinearParams([0.0, 0.0], [1.0, 1.0], [1e308, -1e308], 0.0))
+    frame = pd.DataFrame({"a": [5.0, 0.0, 1.0, 3.0] * 50, "b": [5.0, 0.0, 2.0, 3.0] * 50})
+    for data in (frame, {c: frame[c].to_numpy() for c in frame.columns}):
+        with np.errstate(over="ignore", invalid="ignore"):
+            p = model.predict_proba(data)
+        assert np.isnan(p[[0, 3]]).all() and p[1] == 0.5 and p[2] == 0.0
+
+
 def test_a_format_1_model_still_loads(synthetic_fits):
     model = synthetic_fits["logistic_regression"].model
     data = model.to_dict()

@@ -255,16 +255,18 @@ class ChurnModel:
         else:  # a mapping of columns: one 2-D array, no frame (the per-request path of the scoring API)
             try:
                 raw = np.column_stack([np.asarray(df[c], dtype=np.float64) for c in self.numeric_features])
-                return np.ascontiguousarray(np.where(np.isnan(raw), self._impute, raw))
+                return np.asfortranarray(np.where(np.isnan(raw), self._impute, raw))
             except (TypeError, ValueError):
                 numeric = pd.DataFrame({c: np.asarray(df[c]) for c in self.numeric_features})
         try:  # the usual case, numeric columns: one conversion, no per-column pandas work
             raw = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):  # text from forms or CSVs: coerce, unparsable -> missing
             raw = numeric.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        # one memory layout whatever the frame's blocks: a matrix product sums in layout order, and the same
-        # rows must score to the same bits from a frame or from columns
-        return np.ascontiguousarray(np.where(np.isnan(raw), self._impute, raw))
+        # one memory layout whatever the input: BLAS's matrix-vector product rounds differently per layout, and
+        # the same rows must score to the same bits from a frame or from columns. Column-major, pandas' usual
+        # layout, because its product adds column after column: inf - inf stays NaN (a degenerate fit's
+        # overflow shows), where the row-major kernel returned -inf, a confident 0.0
+        return np.asfortranarray(np.where(np.isnan(raw), self._impute, raw))
 
     def category_indices(self, df: Inputs) -> list[np.ndarray]:
         """Indexer output per categorical feature (unknown and null -> ``len(labels)``)."""
